@@ -1,0 +1,187 @@
+"""Settings from the environment, read and validated once at start-up (12-factor).
+
+A bad value raises ConfigError naming the variable; the CLI prints that one line
+and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """An environment variable with a value the service cannot use."""
+
+
+def _int(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError("expected an integer") from None
+        if value < low or (high is not None and value > high):
+            span = f"{low}..{high}" if high is not None else f">= {low}"
+            raise ValueError(f"expected an integer {span}")
+        return value
+
+    return parse
+
+
+def _float(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError("expected a number") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected a number {low:g}..{high:g}")
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _optional_threshold(raw: str) -> int | None:
+    if raw.strip().lower() in {"none", "off", "disabled", ""}:
+        return None
+    return _int(0, 1000)(raw)
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _text(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw.strip()
+
+
+def _database_url(raw: str) -> str | None:
+    value = raw.strip()
+    if not value:
+        return None
+    if not value.startswith(("postgres://", "postgresql://")):
+        raise ValueError("expected a postgresql:// URL")
+    return value
+
+
+MIB = 1024 * 1024
+
+# (field, variable, parser): the table the README documents; defaults live on Settings.
+_SPEC: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
+    ("database_url", "DATABASE_URL", _database_url),
+    ("host", "HOST", _text),
+    ("port", "PORT", _int(1, 65535)),
+    ("web_concurrency", "WEB_CONCURRENCY", _int(1, 64)),
+    ("threads", "GUNICORN_THREADS", _int(1, 64)),
+    ("worker_timeout", "GUNICORN_TIMEOUT", _int(2, 3600)),
+    ("home", "CONTEXT_STORE_HOME", _text),
+    ("migrate_on_start", "MIGRATE_ON_START", _bool),
+    ("pool_min_size", "DB_POOL_MIN_SIZE", _int(0, 100)),
+    ("pool_max_size", "DB_POOL_MAX_SIZE", _int(1, 100)),
+    ("pool_timeout", "DB_POOL_TIMEOUT", _float(0.1, 300)),
+    ("pool_check", "DB_POOL_CHECK", _bool),
+    ("connect_timeout", "DB_CONNECT_TIMEOUT", _int(1, 300)),
+    ("statement_timeout_ms", "DB_STATEMENT_TIMEOUT_MS", _int(0, 3_600_000)),
+    ("prepare_threshold", "DB_PREPARE_THRESHOLD", _optional_threshold),
+    ("retry_after", "RETRY_AFTER_SECONDS", _int(1, 3600)),
+    ("embedding_dim", "EMBEDDING_DIM", _int(1, 16000)),
+    ("tokenizer_encoding", "TOKENIZER_ENCODING", _text),
+    ("max_body_bytes", "MAX_BODY_BYTES", _int(1024, 1024 * MIB)),
+    ("max_content_bytes", "MAX_CONTENT_BYTES", _int(1, 1024 * MIB)),
+    ("max_metadata_bytes", "MAX_METADATA_BYTES", _int(2, 16 * MIB)),
+    ("max_batch_messages", "MAX_BATCH_MESSAGES", _int(1, 100_000)),
+    ("max_page_size", "MAX_PAGE_SIZE", _int(1, 100_000)),
+    ("log_level", "LOG_LEVEL", _choice("debug", "info", "warning", "error")),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Immutable configuration of one process; see the README's table."""
+
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    web_concurrency: int = 2
+    threads: int = 4
+    worker_timeout: int = 30
+    home: str = "./.context-store"
+    migrate_on_start: bool = True
+    pool_min_size: int = 1
+    pool_max_size: int = 4
+    pool_timeout: float = 5.0
+    pool_check: bool = True
+    connect_timeout: int = 5
+    statement_timeout_ms: int = 10_000
+    prepare_threshold: int | None = 5
+    retry_after: int = 2
+    embedding_dim: int = 1536
+    tokenizer_encoding: str = "o200k_base"
+    max_body_bytes: int = 8 * MIB
+    max_content_bytes: int = MIB
+    max_metadata_bytes: int = 16 * 1024
+    max_batch_messages: int = 1000
+    max_page_size: int = 1000
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every variable of the table; raise ConfigError on the first bad one."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field, variable, parse in _SPEC:
+            raw = environ.get(variable)
+            if raw is None:
+                continue
+            try:
+                values[field] = parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"invalid {variable}={raw!r}: {exc}") from None
+        settings = cls(**values)
+        settings._check()
+        return settings
+
+    def _check(self) -> None:
+        if self.pool_min_size > self.pool_max_size:
+            raise ConfigError(
+                f"invalid DB_POOL_MIN_SIZE={self.pool_min_size}: exceeds DB_POOL_MAX_SIZE={self.pool_max_size}"
+            )
+        if self.statement_timeout_ms >= self.worker_timeout * 1000:
+            raise ConfigError(
+                f"invalid DB_STATEMENT_TIMEOUT_MS={self.statement_timeout_ms}: "
+                f"must stay below GUNICORN_TIMEOUT={self.worker_timeout}s"
+            )
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).expanduser().resolve()
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return self.database_url is None
+
+
+def variables() -> list[tuple[str, Any]]:
+    """(variable, default) for every setting, in documentation order."""
+    defaults = {f.name: f.default for f in fields(Settings)}
+    return [(variable, defaults[field]) for field, variable, _parse in _SPEC]

@@ -1,0 +1,169 @@
+"""Typed domain errors, and their one translation into RFC 9457 problem+json.
+
+The error classes know nothing of HTTP; `install(app)` maps them, marshmallow's
+ValidationError, pool time-outs and Falcon's own errors onto problem documents:
+`type` (`/problems/<slug>`), `title`, `status`, `detail`, `instance` (the path),
+plus `errors` for validation problems. No response carries a trace or SQL text.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import falcon
+import orjson
+
+log = logging.getLogger("context_store")
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class DomainError(Exception):
+    """Base of the errors the service raises on purpose."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class NotFound(DomainError):
+    """The addressed context or version does not exist for this tenant."""
+
+
+class PreconditionFailed(DomainError):
+    """A conditional request's precondition (If-Match) does not hold."""
+
+
+class Conflict(DomainError):
+    """The request conflicts with the resource's state."""
+
+    def __init__(self, detail: str, slug: str = "conflict") -> None:
+        super().__init__(detail)
+        self.slug = slug
+
+
+class Unavailable(DomainError):
+    """The database cannot be reached or did not answer in time."""
+
+
+class MalformedBody(DomainError):
+    """A body (or a JSON query parameter) that is not JSON at all."""
+
+
+class Invalid(DomainError):
+    """Well-formed input that breaks the rules: each error names where it is.
+
+    errors: [{"pointer": "/messages/0/role" | "parameter": "limit" |
+              "header": "If-Match", "detail": "..."}]
+    """
+
+    def __init__(self, errors: list[dict[str, str]], detail: str | None = None) -> None:
+        super().__init__(detail or "The request is not valid; see errors.")
+        self.errors = errors
+
+    @classmethod
+    def parameter(cls, name: str, detail: str) -> Invalid:
+        return cls([{"parameter": name, "detail": detail}])
+
+    @classmethod
+    def pointer(cls, pointer: str, detail: str) -> Invalid:
+        return cls([{"pointer": pointer, "detail": detail}])
+
+
+# status -> (slug, title) for Falcon's own errors and ours.
+_STATUS_PROBLEMS: dict[int, tuple[str, str]] = {
+    400: ("bad-request", "Bad Request"),
+    401: ("unauthorized", "Unauthorized"),
+    404: ("not-found", "Not Found"),
+    405: ("method-not-allowed", "Method Not Allowed"),
+    409: ("conflict", "Conflict"),
+    411: ("length-required", "Length Required"),
+    412: ("precondition-failed", "Precondition Failed"),
+    413: ("payload-too-large", "Content Too Large"),
+    415: ("unsupported-media-type", "Unsupported Media Type"),
+    422: ("validation-error", "Unprocessable Content"),
+    500: ("internal-error", "Internal Server Error"),
+    503: ("service-unavailable", "Service Unavailable"),
+}
+
+
+class Problem(falcon.HTTPError):
+    """An HTTPError rendered as a problem document with a chosen slug and members."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        slug: str | None = None,
+        title: str | None = None,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        default_slug, default_title = _STATUS_PROBLEMS.get(status, ("error", "Error"))
+        super().__init__(status, title=title or default_title, description=detail, headers=headers)
+        self.slug = slug or default_slug
+        self.extra = extra or {}
+
+
+def problem_document(req: falcon.Request, error: falcon.HTTPError) -> dict[str, Any]:
+    status = error.status_code
+    slug = getattr(error, "slug", None) or _STATUS_PROBLEMS.get(status, ("error", ""))[0]
+    title = error.title or _STATUS_PROBLEMS.get(status, ("", "Error"))[1]
+    document: dict[str, Any] = {
+        "type": f"/problems/{slug}",
+        "title": title,
+        "status": status,
+        "detail": error.description or title,
+        "instance": req.path,
+    }
+    document.update(getattr(error, "extra", {}))
+    return document
+
+
+def _serialize(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
+    resp.data = orjson.dumps(problem_document(req, error))
+    resp.content_type = PROBLEM_JSON
+
+
+def install(app: falcon.App, retry_after: int) -> None:
+    """Register the handlers and the serializer that render every error."""
+
+    def on_not_found(req, resp, error, params):
+        raise Problem(404, error.detail)
+
+    def on_precondition(req, resp, error, params):
+        raise Problem(412, error.detail)
+
+    def on_conflict(req, resp, error, params):
+        raise Problem(409, error.detail, slug=error.slug)
+
+    def on_unavailable(req, resp, error, params):
+        log.warning("database unavailable: %s", error.detail)
+        raise Problem(503, error.detail, headers={"Retry-After": str(retry_after)})
+
+    def on_malformed(req, resp, error, params):
+        raise Problem(400, error.detail, slug="malformed-json")
+
+    def on_invalid(req, resp, error, params):
+        raise Problem(422, error.detail, extra={"errors": error.errors})
+
+    def on_unexpected(req, resp, error, params):
+        log.error(
+            "unhandled error on %s %s (request %s)",
+            req.method,
+            req.path,
+            getattr(req.context, "request_id", "-"),
+            exc_info=error,
+        )
+        raise Problem(500, "The server met an unexpected condition; the request id identifies it in the logs.")
+
+    app.add_error_handler(Exception, on_unexpected)
+    app.add_error_handler(NotFound, on_not_found)
+    app.add_error_handler(PreconditionFailed, on_precondition)
+    app.add_error_handler(Conflict, on_conflict)
+    app.add_error_handler(Unavailable, on_unavailable)
+    app.add_error_handler(MalformedBody, on_malformed)
+    app.add_error_handler(Invalid, on_invalid)
+    app.set_error_serializer(_serialize)

@@ -1,0 +1,34 @@
+"""gunicorn settings from the environment (the repository's gunicorn.conf.py
+imports this module, so `gunicorn -c gunicorn.conf.py` and `context-store serve`
+run the same configuration)."""
+
+from service import runtime
+from service.config import Settings
+
+_settings = Settings.from_env()
+
+bind = f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"
+workers = _settings.web_concurrency
+worker_class = "gthread"
+threads = _settings.threads
+timeout = _settings.worker_timeout
+graceful_timeout = 10
+keepalive = 5
+preload_app = False  # each worker builds its app, and its pool, after fork
+wsgi_app = "service.runtime:worker_app()"
+accesslog = None  # the app logs one line per request, with its request id
+loglevel = _settings.log_level
+proc_name = "context-store"
+
+
+def on_starting(server):
+    runtime.configure_logging(_settings.log_level)
+    runtime.prepare_database(_settings)
+
+
+def on_exit(server):
+    runtime.release_database()
+
+
+def worker_exit(server, worker):
+    runtime.close_worker()

@@ -1,0 +1,71 @@
+"""Request and response plumbing shared by the resources: bounded JSON bodies,
+content negotiation, preconditions, and orjson responses."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import falcon
+import orjson
+
+from .errors import Invalid, Problem
+from .schemas import parse_json
+
+JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"
+
+
+def too_large(limit: int) -> Problem:
+    return Problem(413, f"The body exceeds the limit of {limit} bytes.")
+
+
+def read_json(req: falcon.Request, limit: int, media_types: tuple[str, ...] = (JSON,)) -> Any:
+    """The parsed JSON body ({} when empty), read no further than limit bytes.
+
+    413 when larger (Content-Length is checked before anything is read), 415 for a
+    body that is not one of media_types, 400 when it is not JSON.
+    """
+    length = req.content_length
+    if length is not None and length > limit:
+        raise too_large(limit)
+    raw = req.bounded_stream.read(limit + 1)
+    if len(raw) > limit:
+        raise too_large(limit)
+    if not raw.strip():
+        return {}
+    media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
+    if media_type not in media_types:
+        raise Problem(415, f"Send the body as {' or '.join(media_types)}, not {media_type or 'no content type'}.")
+    return parse_json(raw, "body")
+
+
+def send(resp: falcon.Response, document: Any, status: int = 200) -> None:
+    resp.status = status
+    resp.content_type = JSON
+    resp.data = orjson.dumps(document)
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+_ETAG = re.compile(r'\s*(W/)?"(\d{1,18})"\s*')
+
+
+def parse_if_match(header: str | None) -> list[int] | None:
+    """The versions an If-Match accepts: None for no header or `*`.
+
+    Weak tags never match (If-Match compares strongly). A header that is not a
+    list of quoted versions is a 422 naming the header.
+    """
+    if header is None or header.strip() == "*":
+        return None
+    versions: list[int] = []
+    for part in header.split(","):
+        match = _ETAG.fullmatch(part)
+        if match is None:
+            raise Invalid([{"header": "If-Match", "detail": 'Expected "<head_version>" or *.'}])
+        if match.group(1) is None:
+            versions.append(int(match.group(2)))
+    return versions

@@ -1,0 +1,49 @@
+"""What every response carries: X-Request-Id, an access log line with the
+duration, and the body limit enforced before a body is read."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+import falcon
+
+from .http import too_large
+
+access_log = logging.getLogger("context_store.access")
+
+# Echo a client's id only when it is short and harmless in headers and logs.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+class RequestContext:
+    def __init__(self, max_body_bytes: int, tenant: str = "default") -> None:
+        self.max_body_bytes = max_body_bytes
+        self.tenant = tenant
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.started = time.perf_counter()
+        given = req.get_header("X-Request-Id")
+        req.context.request_id = given if given and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        req.context.tenant = self.tenant
+        length = req.content_length
+        if length is not None and length > self.max_body_bytes:
+            raise too_large(self.max_body_bytes)
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    ) -> None:
+        request_id = req.context.get("request_id") or uuid.uuid4().hex
+        resp.set_header("X-Request-Id", request_id)
+        if access_log.isEnabledFor(logging.INFO):
+            started = req.context.get("started") or time.perf_counter()
+            access_log.info(
+                "%s %s %s %.1fms request_id=%s",
+                req.method,
+                req.path,
+                resp.status_code,
+                (time.perf_counter() - started) * 1000,
+                request_id,
+            )

@@ -1,0 +1,70 @@
+"""The JSON documents the API returns, built from query rows by hand (no
+marshmallow on the way out: it costs more than the database round trip).
+schemas.py describes the same documents for the OpenAPI document."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime, timezone
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+from .errors import Invalid
+
+UTC = timezone.utc
+
+
+def timestamp(value: datetime) -> str:
+    """RFC 3339 UTC with microseconds: 2026-01-01T00:00:00.000000Z."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def context_doc(row: dict[str, Any]) -> dict[str, Any]:
+    parent = row["parent_id"]
+    return {
+        "id": str(row["id"]),
+        "metadata": row["metadata"],
+        "parent_id": None if parent is None else str(parent),
+        "fork_version": row["fork_version"],
+        "head_version": row["head_version"],
+        "total_tokens": row["total_tokens"],
+        "created_at": timestamp(row["created_at"]),
+        "updated_at": timestamp(row["updated_at"]),
+    }
+
+
+def message_doc(row: dict[str, Any], include_embedding: bool = False) -> dict[str, Any]:
+    doc = {
+        "context_id": str(row["context_id"]),
+        "version": row["version"],
+        "role": row["role"],
+        "content": row["content"],
+        "token_count": row["token_count"],
+        "metadata": row["metadata"],
+        "created_at": timestamp(row["created_at"]),
+    }
+    if include_embedding:
+        embedding = row["embedding"]
+        # pgvector's text form is a JSON array: pass it through unparsed.
+        doc["embedding"] = None if embedding is None else orjson.Fragment(embedding)
+    return doc
+
+
+def encode_cursor(created_at: datetime, context_id: UUID) -> str:
+    raw = orjson.dumps([created_at.astimezone(UTC).isoformat(), str(context_id)])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """The keyset position of a next_cursor; Invalid when it is not one of ours."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, context_id = orjson.loads(raw)
+        position = datetime.fromisoformat(created_at), UUID(context_id)
+    except (ValueError, TypeError) as exc:
+        raise Invalid.parameter("after", "Not a cursor returned by this API.") from exc
+    if position[0].tzinfo is None:
+        raise Invalid.parameter("after", "Not a cursor returned by this API.")
+    return position

@@ -1,0 +1,123 @@
+-- Lineage-aware reads. A context's view is the list of segments on its row
+-- (ancestor_ids / ancestor_ends) followed by its own messages; every function here
+-- takes that list and probes each segment through an index, so its cost depends
+-- on the depth of the lineage and the size of the answer, never on the length of
+-- the conversation.
+
+-- The segments of a view up to version upto: which context holds versions lo..hi.
+CREATE FUNCTION cs_segments(ids uuid[], ends bigint[], self uuid, upto bigint)
+RETURNS TABLE (context_id uuid, lo bigint, hi bigint)
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT s.cid, coalesce(ends[s.ord - 1], 0) + 1, least(s.end_v, upto)
+    FROM unnest(ids || self, ends || upto) WITH ORDINALITY AS s (cid, end_v, ord)
+    WHERE coalesce(ends[s.ord - 1], 0) + 1 <= least(s.end_v, upto)
+$$;
+
+-- The message at one version of a view (no row when the version is not in it).
+CREATE FUNCTION cs_message(ids uuid[], ends bigint[], self uuid, upto bigint, v bigint)
+RETURNS SETOF messages
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT m.*
+    FROM cs_segments(ids, ends, self, upto) AS s
+    JOIN messages AS m ON m.context_id = s.context_id AND m.version = v
+    WHERE v BETWEEN s.lo AND s.hi
+$$;
+
+-- Running token total of a view at version v (0 at version 0).
+CREATE FUNCTION cs_cum_tokens(ids uuid[], ends bigint[], self uuid, v bigint)
+RETURNS bigint
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT coalesce((SELECT m.cum_tokens FROM cs_message(ids, ends, self, v, v) AS m), 0)
+$$;
+
+-- Smallest version <= upto whose running total reaches bound (NULL when none).
+-- cum_tokens never decreases along a lineage, so the first index entry at or past
+-- bound in a segment's context is its answer, or the segment has none.
+CREATE FUNCTION cs_first_reaching(ids uuid[], ends bigint[], self uuid, upto bigint, bound bigint)
+RETURNS bigint
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT min(x.version)
+    FROM cs_segments(ids, ends, self, upto) AS s
+    CROSS JOIN LATERAL (
+        SELECT m.version
+        FROM messages AS m
+        WHERE m.context_id = s.context_id AND m.cum_tokens >= bound
+        ORDER BY m.cum_tokens, m.version
+        LIMIT 1
+    ) AS x
+    WHERE x.version <= s.hi
+$$;
+
+-- Latest version <= upto created at or before ts (0 when none). created_at never
+-- decreases as versions grow; each segment is searched below the creation time of
+-- its last version, so later rows of an ancestor are never scanned.
+CREATE FUNCTION cs_version_at(ids uuid[], ends bigint[], self uuid, upto bigint, ts timestamptz)
+RETURNS bigint
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT coalesce(max(x.version), 0)
+    FROM cs_segments(ids, ends, self, upto) AS s
+    CROSS JOIN LATERAL (
+        SELECT m.version
+        FROM messages AS m
+        WHERE m.context_id = s.context_id
+          AND m.version <= s.hi
+          AND m.created_at <= least(ts, (SELECT e.created_at FROM messages AS e
+                                         WHERE e.context_id = s.context_id AND e.version = s.hi))
+        ORDER BY m.created_at DESC, m.version DESC
+        LIMIT 1
+    ) AS x
+$$;
+
+-- Messages from_v..to_v of a view, in any order (callers sort by version).
+CREATE FUNCTION cs_range(ids uuid[], ends bigint[], self uuid, from_v bigint, to_v bigint)
+RETURNS SETOF messages
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT m.*
+    FROM cs_segments(ids, ends, self, to_v) AS s
+    CROSS JOIN LATERAL (
+        SELECT * FROM messages AS r
+        WHERE r.context_id = s.context_id AND r.version BETWEEN greatest(s.lo, from_v) AND s.hi
+    ) AS m
+$$;
+
+-- First n messages after version after, up to upto, ascending (keyset page).
+CREATE FUNCTION cs_page_asc(ids uuid[], ends bigint[], self uuid, upto bigint, after bigint, n integer)
+RETURNS SETOF messages
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT p.*
+    FROM cs_segments(ids, ends, self, upto) AS s
+    CROSS JOIN LATERAL (
+        SELECT * FROM messages AS m
+        WHERE m.context_id = s.context_id AND m.version > after AND m.version <= s.hi
+        ORDER BY m.version
+        LIMIT n
+    ) AS p
+    ORDER BY p.version
+    LIMIT n
+$$;
+
+-- Last n messages before version before, up to upto, descending (keyset page).
+CREATE FUNCTION cs_page_desc(ids uuid[], ends bigint[], self uuid, upto bigint, before bigint, n integer)
+RETURNS SETOF messages
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT p.*
+    FROM cs_segments(ids, ends, self, upto) AS s
+    CROSS JOIN LATERAL (
+        SELECT * FROM messages AS m
+        WHERE m.context_id = s.context_id AND m.version < before AND m.version <= s.hi
+        ORDER BY m.version DESC
+        LIMIT n
+    ) AS p
+    ORDER BY p.version DESC
+    LIMIT n
+$$;
+
+-- The version a read sees: as of a time, as of a version, or the head. Callers
+-- compare it with the head to reject a version past it.
+CREATE FUNCTION cs_view_version(ids uuid[], ends bigint[], self uuid, head bigint,
+                                as_of_version bigint, as_of timestamptz)
+RETURNS bigint
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN as_of IS NOT NULL THEN cs_version_at(ids, ends, self, head, as_of)
+                ELSE coalesce(as_of_version, head) END
+$$;

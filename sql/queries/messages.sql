@@ -1,0 +1,131 @@
+-- name: insert_messages^
+-- Appends a batch to a live context in one statement: the UPDATE takes the
+-- context's row lock and moves its head, then the batch is inserted with gapless
+-- versions head+1.. and running cum_tokens. Every message of the batch is stamped
+-- with one time taken after the lock and never before the context's last change,
+-- so created_at never decreases as versions grow. if_match (a list of versions,
+-- or null for any) makes it conditional. No row when the context is missing,
+-- deleted, or its head is not in if_match: nothing is written then.
+WITH head AS (
+    UPDATE contexts
+    SET head_version = head_version + %(count)s,
+        total_tokens = total_tokens + %(batch_tokens)s,
+        updated_at = greatest(clock_timestamp(), updated_at)
+    WHERE id = %(context_id)s AND tenant = %(tenant)s AND deleted_at IS NULL
+      AND (%(if_match)s::bigint[] IS NULL OR head_version = ANY (%(if_match)s::bigint[]))
+    RETURNING id, head_version, total_tokens, updated_at
+), inserted AS (
+    INSERT INTO messages (context_id, version, role, content, token_count, cum_tokens,
+                          embedding, metadata, created_at)
+    SELECT head.id, head.head_version - %(count)s + b.ord, b.role, b.content, b.token_count,
+           head.total_tokens - %(batch_tokens)s + sum(b.token_count) OVER (ORDER BY b.ord),
+           b.embedding::vector, b.metadata::jsonb, head.updated_at
+    FROM head,
+         unnest(%(roles)s::text[], %(contents)s::text[], %(token_counts)s::integer[],
+                %(embeddings)s::text[], %(metadata)s::text[])
+             WITH ORDINALITY AS b (role, content, token_count, embedding, metadata, ord)
+)
+SELECT head_version, total_tokens, updated_at AS created_at FROM head;
+
+-- name: get_head^
+-- The head version of a live context (no row when missing or deleted); tells a
+-- failed conditional append (412) from a missing context (404).
+SELECT head_version FROM contexts
+WHERE id = %(context_id)s AND tenant = %(tenant)s AND deleted_at IS NULL;
+
+-- name: get_message*
+-- One message of a live context's view by version: one row per context found,
+-- with message columns null when the version is not in the view.
+SELECT c.head_version, m.context_id, m.version, m.role, m.content, m.token_count,
+       m.metadata, m.created_at,
+       CASE WHEN %(include_embedding)s::boolean THEN m.embedding::text END AS embedding
+FROM contexts AS c
+LEFT JOIN LATERAL cs_message(c.ancestor_ids, c.ancestor_ends, c.id, c.head_version,
+                             %(version)s::bigint) AS m ON true
+WHERE c.id = %(context_id)s AND c.tenant = %(tenant)s AND c.deleted_at IS NULL;
+
+-- name: list_messages_asc*
+-- A keyset page of a live context's view in ascending version order: up to limit
+-- messages after version after, as of a version or time. One row per message, or
+-- one row with null message columns when the page is empty; no row when the
+-- context is missing. view_version is the requested version, before capping at head.
+WITH ctx AS (
+    SELECT c.id, c.ancestor_ids, c.ancestor_ends, c.head_version,
+           cs_view_version(c.ancestor_ids, c.ancestor_ends, c.id, c.head_version,
+                           %(as_of_version)s::bigint, %(as_of)s::timestamptz) AS view_version
+    FROM contexts AS c
+    WHERE c.id = %(context_id)s AND c.tenant = %(tenant)s AND c.deleted_at IS NULL
+)
+SELECT ctx.head_version, ctx.view_version, m.context_id, m.version, m.role, m.content,
+       m.token_count, m.metadata, m.created_at,
+       CASE WHEN %(include_embedding)s::boolean THEN m.embedding::text END AS embedding
+FROM ctx
+LEFT JOIN LATERAL cs_page_asc(ctx.ancestor_ids, ctx.ancestor_ends, ctx.id,
+                              least(ctx.view_version, ctx.head_version, %(before)s::bigint - 1),
+                              %(after)s::bigint, %(limit)s::integer) AS m ON true
+ORDER BY m.version;
+
+-- name: list_messages_desc*
+-- The same page as list_messages_asc in descending version order: up to limit
+-- messages before version before.
+WITH ctx AS (
+    SELECT c.id, c.ancestor_ids, c.ancestor_ends, c.head_version,
+           cs_view_version(c.ancestor_ids, c.ancestor_ends, c.id, c.head_version,
+                           %(as_of_version)s::bigint, %(as_of)s::timestamptz) AS view_version
+    FROM contexts AS c
+    WHERE c.id = %(context_id)s AND c.tenant = %(tenant)s AND c.deleted_at IS NULL
+)
+SELECT ctx.head_version, ctx.view_version, m.context_id, m.version, m.role, m.content,
+       m.token_count, m.metadata, m.created_at,
+       CASE WHEN %(include_embedding)s::boolean THEN m.embedding::text END AS embedding
+FROM ctx
+LEFT JOIN LATERAL cs_page_desc(ctx.ancestor_ids, ctx.ancestor_ends, ctx.id,
+                               least(ctx.view_version, ctx.head_version),
+                               %(before)s::bigint, %(limit)s::integer) AS m ON true
+ORDER BY m.version DESC;
+
+-- name: get_window*
+-- The token window of a live context's view: the longest run of most recent
+-- messages whose token counts fit max_tokens, found by one index probe per lineage
+-- segment on cum_tokens (the first version whose running total reaches
+-- total - budget), never by scanning the conversation. With pin_system, message 1
+-- is kept when it is a system message that fits, and counts against the budget.
+-- Rows as in list_messages_asc.
+WITH ctx AS (
+    SELECT c.id, c.ancestor_ids AS ids, c.ancestor_ends AS ends, c.head_version,
+           c.total_tokens,
+           cs_view_version(c.ancestor_ids, c.ancestor_ends, c.id, c.head_version,
+                           %(as_of_version)s::bigint, %(as_of)s::timestamptz) AS view_version
+    FROM contexts AS c
+    WHERE c.id = %(context_id)s AND c.tenant = %(tenant)s AND c.deleted_at IS NULL
+), viewed AS (
+    SELECT ctx.*, least(ctx.view_version, ctx.head_version) AS v FROM ctx
+), totals AS (
+    SELECT viewed.*,
+           CASE WHEN v = head_version THEN total_tokens
+                ELSE cs_cum_tokens(ids, ends, id, v) END AS t,
+           (SELECT p.token_count FROM cs_message(ids, ends, id, v, 1) AS p
+            WHERE %(pin_system)s::boolean AND p.role = 'system'
+              AND p.token_count <= %(max_tokens)s::bigint) AS pinned_tokens
+    FROM viewed
+), bounds AS (
+    SELECT totals.*, t - (%(max_tokens)s::bigint - coalesce(pinned_tokens, 0)) AS reach
+    FROM totals
+), run AS (
+    SELECT bounds.*,
+           CASE WHEN pinned_tokens IS NULL THEN 1 ELSE 2 END AS first_free,
+           CASE WHEN reach <= 0 THEN 1
+                ELSE cs_first_reaching(ids, ends, id, v, reach) + 1 END AS natural_from
+    FROM bounds
+)
+SELECT run.head_version, run.view_version, m.context_id, m.version, m.role, m.content,
+       m.token_count, m.metadata, m.created_at, NULL::text AS embedding
+FROM run
+LEFT JOIN LATERAL (
+    SELECT * FROM cs_message(run.ids, run.ends, run.id, run.v, 1)
+    WHERE run.pinned_tokens IS NOT NULL
+    UNION ALL
+    SELECT * FROM cs_range(run.ids, run.ends, run.id,
+                           greatest(run.first_free, run.natural_from), run.v)
+) AS m ON true
+ORDER BY m.version;
