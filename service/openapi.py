@@ -52,11 +52,15 @@ _ERRORS = {
 }
 
 
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
 def _problems(*codes: str) -> dict[str, Any]:
     return {
         code: {
             "description": _ERRORS[code],
-            "content": {"application/problem+json": {"schema": "Problem"}},
+            "content": {"application/problem+json": {"schema": _ref("Problem")}},
         }
         for code in codes
     }
@@ -65,7 +69,7 @@ def _problems(*codes: str) -> dict[str, Any]:
 def _ok(code: str, schema: str | None, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
     response: dict[str, Any] = {"description": description}
     if schema is not None:
-        response["content"] = {"application/json": {"schema": schema}}
+        response["content"] = {"application/json": {"schema": _ref(schema)}}
     if headers:
         response["headers"] = headers
     return {code: response}
@@ -75,8 +79,8 @@ def _query(schema: Any) -> list[dict[str, Any]]:
     return [{"in": "query", "schema": schema}]
 
 
-def _body(schema: Any, media_types: tuple[str, ...] = ("application/json",)) -> dict[str, Any]:
-    return {"required": False, "content": {m: {"schema": schema} for m in media_types}}
+def _body(schema: str, media_types: tuple[str, ...] = ("application/json",)) -> dict[str, Any]:
+    return {"required": False, "content": {m: {"schema": _ref(schema)} for m in media_types}}
 
 
 def build_spec(schemas: Schemas) -> dict[str, Any]:

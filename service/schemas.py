@@ -132,17 +132,17 @@ def build_message_in(settings: Settings) -> type[Schema]:
 
 
 def build_request_schemas(settings: Settings) -> dict[str, type[Schema]]:
-    metadata = {"max_bytes": settings.max_metadata_bytes}
+    meta_limit = {"max_bytes": settings.max_metadata_bytes}
     message_in = build_message_in(settings)
 
     class ContextCreate(StrictSchema):
-        metadata = JsonObject(**metadata)
+        metadata = JsonObject(**meta_limit)
 
     class ContextPatch(StrictSchema):
         metadata = JsonObject(
             allow_none=True,
             metadata={"description": "JSON merge patch (RFC 7396) of the metadata; null empties it"},
-            **metadata,
+            **meta_limit,
         )
 
     class AppendMessages(StrictSchema):
@@ -154,7 +154,7 @@ def build_request_schemas(settings: Settings) -> dict[str, type[Schema]]:
 
     class ForkCreate(StrictSchema):
         at_version = StrictInteger(validate=validate.Range(min=0), metadata={"description": "0..head, default head"})
-        metadata = JsonObject(metadata={"description": "default: a copy of the parent's"}, **metadata)
+        metadata = JsonObject(metadata={"description": "default: a copy of the parent's"}, **meta_limit)
 
     def limit_field() -> fields.Integer:
         return fields.Integer(load_default=min(100, settings.max_page_size), validate=validate.Range(1, settings.max_page_size))

@@ -1,7 +1,8 @@
 -- name: insert_context^
 -- Creates a root context and returns it.
-INSERT INTO contexts (id, tenant, root_id, metadata)
-VALUES (%(id)s, %(tenant)s, %(id)s, %(metadata)s)
+INSERT INTO contexts (id, tenant, root_id, metadata, created_at, updated_at)
+SELECT %(id)s, %(tenant)s, %(id)s, %(metadata)s, t.at, t.at
+FROM (SELECT clock_timestamp() AS at) AS t
 RETURNING id, metadata, parent_id, fork_version, head_version, total_tokens,
           created_at, updated_at;
 
@@ -89,9 +90,9 @@ INSERT INTO contexts (id, tenant, root_id, parent_id, fork_version, ancestor_ids
 SELECT %(id)s, p.tenant, p.root_id, p.id, p.at_v, l.ids, l.ends, p.at_v,
        CASE WHEN p.at_v = p.head_version THEN p.total_tokens
             ELSE cs_cum_tokens(p.ancestor_ids, p.ancestor_ends, p.id, p.at_v) END,
-       coalesce(%(metadata)s::jsonb, p.metadata),
-       greatest(clock_timestamp(), p.updated_at), greatest(clock_timestamp(), p.updated_at)
-FROM parent AS p, lineage AS l
+       coalesce(%(metadata)s::jsonb, p.metadata), t.at, t.at
+FROM parent AS p, lineage AS l,
+     LATERAL (SELECT greatest(clock_timestamp(), p.updated_at) AS at) AS t
 WHERE p.at_v <= p.head_version
 RETURNING id, metadata, parent_id, fork_version, head_version, total_tokens,
           created_at, updated_at;
