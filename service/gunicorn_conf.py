@@ -19,6 +19,9 @@ wsgi_app = "service.runtime:worker_app()"
 accesslog = None  # the app logs one line per request, with its request id
 loglevel = _settings.log_level
 proc_name = "context-store"
+# gunicorn 24+ opens a control socket at one path per user: several `serve`s on one
+# machine would take it from each other. Nothing here uses it.
+control_socket_disable = True
 
 
 def on_starting(server):
