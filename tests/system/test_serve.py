@@ -4,10 +4,12 @@ embedded PostgreSQL, the database stopped and restarted under it, SIGTERM."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -73,9 +75,11 @@ def _postmaster_running(pgdata: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served():
     """One server for the module; the SIGTERM test stops it and comes last."""
-    tmp_path = tmp_path_factory.mktemp("serve")
+    # Not pytest's tmp_path: as root, PostgreSQL runs as the pgserver user, and
+    # /tmp/pytest-of-root is reset to 0700 by any other pytest session.
+    tmp_path = Path(tempfile.mkdtemp(prefix="context-store-serve-"))
     port = _free_port()
     env = {
         **os.environ,
@@ -103,6 +107,7 @@ def served(tmp_path_factory):
             except subprocess.TimeoutExpired:  # pragma: no cover - only when shutdown hangs
                 proc.kill()
         log.close()
+        shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def test_serve_answers_health_and_routes_under_two_workers(served):

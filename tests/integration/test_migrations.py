@@ -1,0 +1,281 @@
+"""service.migrate against a real PostgreSQL, and the schema's constraints."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import psycopg
+import pytest
+from psycopg import errors as pg_errors
+from psycopg import sql as pgsql
+
+from service.ids import uuid7
+from service.migrate import LOCK_KEY, MigrationError, discover, migrate
+from service.paths import sql_dir
+
+NAMES = ["0001_init", "0002_lineage"]
+
+
+def _admin_conninfo(server) -> str:
+    parts = [f"host={server.host}", f"port={server.port}", f"user={server.user}", f"dbname={server.maintenance_dbname}"]
+    if server.password:
+        parts.append(f"password={server.password}")
+    return " ".join(parts)
+
+
+def _url(server, dbname: str) -> str:
+    auth = quote(server.user, safe="")
+    if server.password:
+        auth += ":" + quote(server.password, safe="")
+    return f"postgresql://{auth}@/{dbname}?host={quote(server.host, safe='/')}&port={server.port}"
+
+
+@dataclass(frozen=True)
+class EmptyDatabase:
+    name: str
+    url: str
+
+
+@pytest.fixture
+def empty_database(pg_server):
+    """A brand-new database with nothing in it (not cloned from the migrated template)."""
+    name = f"cs_empty_{uuid.uuid4().hex[:16]}"
+    admin = _admin_conninfo(pg_server)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
+    try:
+        yield EmptyDatabase(name, _url(pg_server, name))
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(name)))
+
+
+def _recorded(url: str) -> list[tuple[int, str, str]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT version, name, checksum FROM schema_migrations ORDER BY version").fetchall()
+
+
+def _exists(url: str, relation: str) -> bool:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT to_regclass(%s) IS NOT NULL", [relation]).fetchone()[0]
+
+
+# --- applying -----------------------------------------------------------------
+
+
+def test_migrate_applies_every_migration_to_an_empty_database_in_order(empty_database):
+    assert not _exists(empty_database.url, "schema_migrations")
+    assert migrate(empty_database.url) == NAMES
+    assert _exists(empty_database.url, "contexts")
+    assert _exists(empty_database.url, "messages")
+    with psycopg.connect(empty_database.url) as conn:
+        assert conn.execute("SELECT extname FROM pg_extension WHERE extname = 'vector'").fetchone() == ("vector",)
+        functions = {r[0] for r in conn.execute("SELECT proname FROM pg_proc WHERE proname LIKE 'cs\\_%'")}
+    assert {"cs_merge_patch", "cs_segments", "cs_page_asc", "cs_view_version"} <= functions
+
+
+def test_migrate_a_second_time_applies_nothing(empty_database):
+    migrate(empty_database.url)
+    before = _recorded(empty_database.url)
+    assert migrate(empty_database.url) == []
+    assert _recorded(empty_database.url) == before
+
+
+def test_schema_migrations_records_each_file_with_its_sha256(empty_database):
+    migrate(empty_database.url)
+    folder = sql_dir() / "migrations"
+    expected = []
+    for version, name in enumerate(NAMES, start=1):
+        text = (folder / f"{name}.sql").read_text(encoding="utf-8")
+        expected.append((version, name, hashlib.sha256(text.encode("utf-8")).hexdigest()))
+    assert _recorded(empty_database.url) == expected
+    with psycopg.connect(empty_database.url) as conn:
+        assert conn.execute("SELECT count(*) FROM schema_migrations WHERE applied_at IS NULL").fetchone() == (0,)
+
+
+def test_concurrent_runners_both_succeed_and_apply_each_file_once(empty_database):
+    url = empty_database.url
+    # Hold the runners' lock so that both are provably waiting on it together.
+    with psycopg.connect(url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s::bigint)", [LOCK_KEY])
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            futures = [pool.submit(migrate, url) for _ in range(2)]
+            deadline = time.monotonic() + 20
+            while True:
+                waiting = holder.execute(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+                    " WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()"
+                ).fetchone()[0]
+                if waiting == 2:
+                    break
+                assert time.monotonic() < deadline, f"only {waiting} runner(s) waited on the lock"
+                assert not any(f.done() for f in futures), "a runner did not wait for the lock"
+                time.sleep(0.05)
+            holder.execute("SELECT pg_advisory_unlock(%s::bigint)", [LOCK_KEY])
+            results = [f.result(timeout=60) for f in futures]
+    assert sorted(results, key=len) == [[], NAMES]
+    with psycopg.connect(url) as conn:
+        counts = conn.execute("SELECT version, count(*) FROM schema_migrations GROUP BY version ORDER BY version").fetchall()
+    assert counts == [(1, 1), (2, 1)]
+
+
+def test_concurrent_runners_without_coordination_both_succeed(empty_database):
+    url = empty_database.url
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda _: migrate(url), range(2)))
+    assert sorted(results, key=len) == [[], NAMES]
+    assert [row[:2] for row in _recorded(url)] == [(1, "0001_init"), (2, "0002_lineage")]
+
+
+def test_migrate_releases_its_lock_when_done(empty_database):
+    migrate(empty_database.url)
+    with psycopg.connect(empty_database.url, autocommit=True) as conn:
+        assert conn.execute("SELECT pg_try_advisory_lock(%s::bigint)", [LOCK_KEY]).fetchone() == (True,)
+
+
+# --- refusing -----------------------------------------------------------------
+
+
+@pytest.fixture
+def migrations_copy(tmp_path):
+    folder = tmp_path / "migrations"
+    shutil.copytree(sql_dir() / "migrations", folder)
+    return folder
+
+
+def test_a_migration_edited_after_it_was_applied_is_refused_by_name(empty_database, migrations_copy):
+    assert migrate(empty_database.url, folder=migrations_copy) == NAMES
+    path = migrations_copy / "0001_init.sql"
+    path.write_text(path.read_text(encoding="utf-8") + "\n-- an afterthought\n", encoding="utf-8")
+    (migrations_copy / "0003_later.sql").write_text("CREATE TABLE later (id int);\n", encoding="utf-8")
+    with pytest.raises(MigrationError, match=r"0001_init.*edited") as info:
+        migrate(empty_database.url, folder=migrations_copy)
+    assert "0002_lineage" not in str(info.value)
+    # Nothing after the refusal was applied.
+    assert not _exists(empty_database.url, "later")
+    assert [row[0] for row in _recorded(empty_database.url)] == [1, 2]
+
+
+def test_a_new_migration_file_is_applied_on_the_next_run(empty_database, migrations_copy):
+    migrate(empty_database.url, folder=migrations_copy)
+    (migrations_copy / "0003_extra.sql").write_text("CREATE TABLE extra (id int);\n", encoding="utf-8")
+    assert migrate(empty_database.url, folder=migrations_copy) == ["0003_extra"]
+    assert _exists(empty_database.url, "extra")
+    assert [row[1] for row in _recorded(empty_database.url)] == [*NAMES, "0003_extra"]
+
+
+def test_a_failing_migration_is_rolled_back_and_not_recorded(empty_database, migrations_copy):
+    (migrations_copy / "0003_broken.sql").write_text(
+        "CREATE TABLE half_done (id int);\nSELECT no_such_column FROM half_done;\n", encoding="utf-8"
+    )
+    with pytest.raises(psycopg.Error):
+        migrate(empty_database.url, folder=migrations_copy)
+    assert not _exists(empty_database.url, "half_done")
+    # The earlier files, each in its own transaction, stay applied.
+    assert [row[1] for row in _recorded(empty_database.url)] == NAMES
+
+
+@pytest.mark.parametrize("filename", ["init.sql", "001_init.sql", "0001-init.sql", "0001_Init.sql", "00001_init.sql"])
+def test_a_misnamed_migration_file_is_refused_by_name(empty_database, tmp_path, filename):
+    (tmp_path / filename).write_text("SELECT 1;\n", encoding="utf-8")
+    with pytest.raises(MigrationError, match=re.escape(f"{filename} is not named NNNN_name.sql")):
+        migrate(empty_database.url, folder=tmp_path)
+    assert not _exists(empty_database.url, "schema_migrations")
+
+
+def test_two_files_with_one_version_are_refused(tmp_path):
+    (tmp_path / "0001_a.sql").write_text("SELECT 1;\n", encoding="utf-8")
+    (tmp_path / "0001_b.sql").write_text("SELECT 1;\n", encoding="utf-8")
+    with pytest.raises(MigrationError, match="0001"):
+        discover(tmp_path)
+
+
+def test_discover_ignores_files_that_are_not_sql(migrations_copy):
+    (migrations_copy / "README.md").write_text("notes\n", encoding="utf-8")
+    assert [m.name for m in discover(migrations_copy)] == NAMES
+    assert [m.version for m in discover(migrations_copy)] == [1, 2]
+
+
+# --- constraints --------------------------------------------------------------
+
+
+def _context(conn, head_version: int = 0) -> uuid.UUID:
+    context_id = uuid7()
+    conn.execute(
+        "INSERT INTO contexts (id, root_id, head_version) VALUES (%s, %s, %s)",
+        [context_id, context_id, head_version],
+    )
+    return context_id
+
+
+def _message(conn, context_id, version=1, role="user", token_count=1, cum_tokens=None):
+    conn.execute(
+        "INSERT INTO messages (context_id, version, role, content, token_count, cum_tokens, created_at)"
+        " VALUES (%s, %s, %s, 'hi', %s, %s, now())",
+        [context_id, version, role, token_count, token_count if cum_tokens is None else cum_tokens],
+    )
+
+
+def test_a_valid_message_is_accepted(postgresql):
+    context_id = _context(postgresql, head_version=1)
+    _message(postgresql, context_id)
+    count = postgresql.execute("SELECT count(*) FROM messages WHERE context_id = %s", [context_id]).fetchone()
+    assert count == (1,)
+
+
+def test_a_message_at_version_zero_is_refused(postgresql):
+    context_id = _context(postgresql)
+    with pytest.raises(pg_errors.CheckViolation) as info:
+        _message(postgresql, context_id, version=0)
+    assert info.value.diag.constraint_name == "messages_version_check"
+
+
+def test_a_message_with_negative_token_count_is_refused(postgresql):
+    context_id = _context(postgresql)
+    with pytest.raises(pg_errors.CheckViolation) as info:
+        _message(postgresql, context_id, token_count=-1, cum_tokens=0)
+    assert info.value.diag.constraint_name == "messages_token_count_check"
+
+
+@pytest.mark.parametrize("role", ["wizard", "User", ""])
+def test_a_message_with_an_unknown_role_is_refused(postgresql, role):
+    context_id = _context(postgresql)
+    with pytest.raises(pg_errors.CheckViolation) as info:
+        _message(postgresql, context_id, role=role)
+    assert info.value.diag.constraint_name == "messages_role_check"
+
+
+@pytest.mark.parametrize("role", ["system", "user", "assistant", "tool"])
+def test_each_known_role_is_accepted(postgresql, role):
+    _message(postgresql, _context(postgresql), role=role)
+
+
+def test_a_second_message_at_the_same_version_is_refused(postgresql):
+    context_id = _context(postgresql)
+    _message(postgresql, context_id, version=1)
+    with pytest.raises(pg_errors.UniqueViolation) as info:
+        _message(postgresql, context_id, version=1)
+    assert info.value.diag.constraint_name == "messages_pkey"
+
+
+def test_the_same_version_in_two_contexts_is_accepted(postgresql):
+    _message(postgresql, _context(postgresql), version=1)
+    _message(postgresql, _context(postgresql), version=1)
+
+
+def test_a_message_of_an_unknown_context_is_refused(postgresql):
+    with pytest.raises(pg_errors.ForeignKeyViolation):
+        _message(postgresql, uuid7())
+
+
+def test_a_context_with_negative_head_version_is_refused(postgresql):
+    with pytest.raises(pg_errors.CheckViolation) as info:
+        _context(postgresql, head_version=-1)
+    assert info.value.diag.constraint_name == "contexts_head_version_check"
