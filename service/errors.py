@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import quote
 
 import falcon
 import orjson
@@ -115,6 +116,11 @@ class Problem(falcon.HTTPError):
         self.extra = extra or {}
 
 
+def instance(req: falcon.Request) -> str:
+    """The request path as a URI reference (Falcon hands it over percent-decoded)."""
+    return quote(req.path, safe="/:@!$&'()*+,;=-._~")
+
+
 def problem_document(req: falcon.Request, error: falcon.HTTPError) -> dict[str, Any]:
     status = error.status_code
     default_slug, default_title = _STATUS_PROBLEMS.get(status, ("error", "Error"))
@@ -127,7 +133,7 @@ def problem_document(req: falcon.Request, error: falcon.HTTPError) -> dict[str, 
         "title": title,
         "status": status,
         "detail": error.description or _DETAILS.get(status) or title,
-        "instance": req.path,
+        "instance": instance(req),
     }
     document.update(getattr(error, "extra", {}))
     return document

@@ -21,8 +21,31 @@ from .errors import Invalid, MalformedBody
 ROLES = ("system", "user", "assistant", "tool")
 MAX_TOKEN_COUNT = 2**31 - 1
 MAX_WINDOW_TOKENS = 10_000_000
+MAX_VERSION = 2**62  # far past any head, well inside bigint
 FLOAT32_MAX = 3.4028234663852886e38
 _NUMBER_TYPES = {int, float}  # exact types: bool is an int subclass and is refused
+
+
+NUL_MESSAGE = "Contains U+0000, which PostgreSQL text and jsonb cannot store."
+
+
+def has_nul(value: Any, serialized: bytes) -> bool:
+    """Whether any string or key of a JSON value holds U+0000. orjson writes it as
+    \\u0000, so only a document whose text contains that is walked."""
+    if b"\\u0000" not in serialized:
+        return False
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 class StrictInteger(fields.Integer):
@@ -44,6 +67,8 @@ class StrictString(fields.String):
     def _deserialize(self, value, attr, data, **kwargs):
         if not isinstance(value, str):
             raise self.make_error("invalid")
+        if "\x00" in value:
+            raise ValidationError(NUL_MESSAGE)
         # A str of n code points is at most 4n bytes: encode only when it might be over.
         if len(value) * 4 > self.max_bytes and len(value.encode("utf-8")) > self.max_bytes:
             raise ValidationError(f"Longer than {self.max_bytes} bytes of UTF-8.")
@@ -60,8 +85,11 @@ class JsonObject(fields.Dict):
     def _deserialize(self, value, attr, data, **kwargs):
         if not isinstance(value, dict):
             raise ValidationError("Not a JSON object.")
-        if len(orjson.dumps(value)) > self.max_bytes:
+        raw = orjson.dumps(value)
+        if len(raw) > self.max_bytes:
             raise ValidationError(f"Larger than {self.max_bytes} bytes of JSON.")
+        if has_nul(value, raw):
+            raise ValidationError(NUL_MESSAGE)
         return value
 
 
@@ -109,7 +137,7 @@ class StrictSchema(Schema):
 
 class PointInTime(StrictSchema):
     as_of_version = fields.Integer(
-        validate=validate.Range(min=0), metadata={"description": "read as of this version (0..head)"}
+        validate=validate.Range(min=0, max=MAX_VERSION), metadata={"description": "read as of this version (0..head)"}
     )
     as_of = Timestamp(metadata={"description": "read as of this time (RFC 3339)"})
 
@@ -158,7 +186,9 @@ def build_request_schemas(settings: Settings) -> dict[str, type[Schema]]:
         )
 
     class ForkCreate(StrictSchema):
-        at_version = StrictInteger(validate=validate.Range(min=0), metadata={"description": "0..head, default head"})
+        at_version = StrictInteger(
+            validate=validate.Range(min=0, max=MAX_VERSION), metadata={"description": "0..head, default head"}
+        )
         metadata = JsonObject(metadata={"description": "default: a copy of the parent's"}, **meta_limit)
 
     def limit_field() -> fields.Integer:
@@ -175,8 +205,12 @@ def build_request_schemas(settings: Settings) -> dict[str, type[Schema]]:
     class ListMessagesQuery(PointInTime):
         limit = limit_field()
         order = fields.String(load_default="asc", validate=validate.OneOf(("asc", "desc")))
-        after = fields.Integer(validate=validate.Range(min=0), metadata={"description": "versions after this one"})
-        before = fields.Integer(validate=validate.Range(min=1), metadata={"description": "versions before this one"})
+        after = fields.Integer(
+            validate=validate.Range(min=0, max=MAX_VERSION), metadata={"description": "versions after this one"}
+        )
+        before = fields.Integer(
+            validate=validate.Range(min=1, max=MAX_VERSION), metadata={"description": "versions before this one"}
+        )
         include = fields.String(validate=validate.OneOf(("embedding",)))
 
     class MessageQuery(StrictSchema):

@@ -12,7 +12,7 @@ from ..errors import Invalid, NotFound
 from ..http import JSON, MERGE_PATCH, etag, read_json, send
 from ..queries import contexts
 from ..representations import context_doc, decode_cursor, encode_cursor
-from ..schemas import load_body, load_query, parse_json
+from ..schemas import NUL_MESSAGE, has_nul, load_body, load_query, parse_json
 from . import Deps
 
 
@@ -49,6 +49,8 @@ class Collection:
             metadata = parse_json(query["metadata"], "metadata parameter")
             if not isinstance(metadata, dict):
                 raise Invalid.parameter("metadata", "Must be a JSON object.")
+            if has_nul(metadata, query["metadata"].encode()):
+                raise Invalid.parameter("metadata", NUL_MESSAGE)
         after = decode_cursor(query["after"]) if "after" in query else None
         limit = query["limit"]
         with self.deps.db.connection() as conn:

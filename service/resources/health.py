@@ -8,7 +8,7 @@ import falcon
 import orjson
 
 from .. import __version__
-from ..errors import PROBLEM_JSON, Unavailable
+from ..errors import PROBLEM_JSON, Unavailable, instance
 from ..http import send
 from ..queries import health
 from ..schemas import load_query
@@ -40,7 +40,7 @@ class Health:
                     "title": "Service Unavailable",
                     "status": "unavailable",
                     "detail": exc.detail,
-                    "instance": req.path,
+                    "instance": instance(req),
                     "database": {"status": "unavailable"},
                     **about,
                 }

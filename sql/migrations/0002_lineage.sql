@@ -96,8 +96,10 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     LIMIT n
 $$;
 
--- Last n messages before version before, up to upto, descending (keyset page).
-CREATE FUNCTION cs_page_desc(ids uuid[], ends bigint[], self uuid, upto bigint, before bigint, n integer)
+-- Last n messages after version after and before version before, up to upto,
+-- descending (keyset page).
+CREATE FUNCTION cs_page_desc(ids uuid[], ends bigint[], self uuid, upto bigint, after bigint,
+                             before bigint, n integer)
 RETURNS SETOF messages
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT p.*
@@ -105,6 +107,7 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     CROSS JOIN LATERAL (
         SELECT * FROM messages AS m
         WHERE m.context_id = s.context_id AND m.version < before AND m.version <= s.hi
+          AND m.version > after
         ORDER BY m.version DESC
         LIMIT n
     ) AS p

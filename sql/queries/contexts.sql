@@ -75,11 +75,14 @@ WHERE id = %(id)s AND tenant = %(tenant)s AND deleted_at IS NULL;
 -- Forks a live context at a version (its head when at_version is null) without
 -- copying a message: one row holding the parent's lineage cut at that version.
 -- No row when the parent is missing or deleted, or the version is past its head.
+-- Deliberately no lock on the parent: under READ COMMITTED a row lock waited for
+-- re-reads the parent but not its messages, so head and token total could come
+-- from two moments. Everything here is read from the statement's one snapshot;
+-- an append racing the fork is simply not in it.
 WITH parent AS (
     SELECT p.*, coalesce(%(at_version)s::bigint, p.head_version) AS at_v
     FROM contexts AS p
     WHERE p.id = %(parent_id)s AND p.tenant = %(tenant)s AND p.deleted_at IS NULL
-    FOR SHARE
 ), lineage AS (
     SELECT coalesce(array_agg(s.context_id ORDER BY s.lo), '{}') AS ids,
            coalesce(array_agg(s.hi ORDER BY s.lo), '{}') AS ends

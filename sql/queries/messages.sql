@@ -67,7 +67,7 @@ ORDER BY m.version;
 
 -- name: list_messages_desc*
 -- The same page as list_messages_asc in descending version order: up to limit
--- messages before version before.
+-- messages before version before (and after version after).
 WITH ctx AS (
     SELECT c.id, c.ancestor_ids, c.ancestor_ends, c.head_version,
            cs_view_version(c.ancestor_ids, c.ancestor_ends, c.id, c.head_version,
@@ -81,7 +81,7 @@ SELECT ctx.head_version, ctx.view_version, m.context_id, m.version, m.role, m.co
 FROM ctx
 LEFT JOIN LATERAL cs_page_desc(ctx.ancestor_ids, ctx.ancestor_ends, ctx.id,
                                least(ctx.view_version, ctx.head_version),
-                               %(before)s::bigint, %(limit)s::integer) AS m ON true
+                               %(after)s::bigint, %(before)s::bigint, %(limit)s::integer) AS m ON true
 ORDER BY m.version DESC;
 
 -- name: get_window*
