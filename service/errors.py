@@ -36,14 +36,6 @@ class PreconditionFailed(DomainError):
     """A conditional request's precondition (If-Match) does not hold."""
 
 
-class Conflict(DomainError):
-    """The request conflicts with the resource's state."""
-
-    def __init__(self, detail: str, slug: str = "conflict") -> None:
-        super().__init__(detail)
-        self.slug = slug
-
-
 class Unavailable(DomainError):
     """The database cannot be reached or did not answer in time."""
 
@@ -153,9 +145,6 @@ def install(app: falcon.App, retry_after: int) -> None:
     def on_precondition(req, resp, error, params):
         raise Problem(412, error.detail)
 
-    def on_conflict(req, resp, error, params):
-        raise Problem(409, error.detail, slug=error.slug)
-
     def on_unavailable(req, resp, error, params):
         log.warning("database unavailable: %s", error.detail)
         raise Problem(503, error.detail, headers={"Retry-After": str(retry_after)})
@@ -179,7 +168,6 @@ def install(app: falcon.App, retry_after: int) -> None:
     app.add_error_handler(Exception, on_unexpected)
     app.add_error_handler(NotFound, on_not_found)
     app.add_error_handler(PreconditionFailed, on_precondition)
-    app.add_error_handler(Conflict, on_conflict)
     app.add_error_handler(Unavailable, on_unavailable)
     app.add_error_handler(MalformedBody, on_malformed)
     app.add_error_handler(Invalid, on_invalid)

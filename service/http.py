@@ -29,7 +29,11 @@ def read_json(req: falcon.Request, limit: int, media_types: tuple[str, ...] = (J
     length = req.content_length
     if length is not None and length > limit:
         raise too_large(limit)
-    raw = req.bounded_stream.read(limit + 1)
+    if length is None and "chunked" in (req.get_header("Transfer-Encoding") or "").lower():
+        # No length to bound the stream by: the server de-chunks until EOF.
+        raw = req.stream.read(limit + 1)
+    else:
+        raw = req.bounded_stream.read(limit + 1)
     if len(raw) > limit:
         raise too_large(limit)
     if not raw.strip():
