@@ -124,3 +124,16 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN as_of IS NOT NULL THEN cs_version_at(ids, ends, self, head, as_of)
                 ELSE coalesce(as_of_version, head) END
 $$;
+
+-- A live context's lineage, head and token total, with the version a read sees
+-- (view_version, before capping at the head). No row when the context is missing,
+-- deleted or another tenant's. Inlined by the planner into its callers.
+CREATE FUNCTION cs_view(context_id uuid, tenant text, as_of_version bigint, as_of timestamptz)
+RETURNS TABLE (id uuid, ids uuid[], ends bigint[], head_version bigint, total_tokens bigint,
+               view_version bigint)
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT c.id, c.ancestor_ids, c.ancestor_ends, c.head_version, c.total_tokens,
+           cs_view_version(c.ancestor_ids, c.ancestor_ends, c.id, c.head_version, as_of_version, as_of)
+    FROM contexts AS c
+    WHERE c.id = cs_view.context_id AND c.tenant = cs_view.tenant AND c.deleted_at IS NULL
+$$;

@@ -49,18 +49,11 @@ WHERE c.id = %(context_id)s AND c.tenant = %(tenant)s AND c.deleted_at IS NULL;
 -- messages after version after, as of a version or time. One row per message, or
 -- one row with null message columns when the page is empty; no row when the
 -- context is missing. view_version is the requested version, before capping at head.
-WITH ctx AS (
-    SELECT c.id, c.ancestor_ids, c.ancestor_ends, c.head_version,
-           cs_view_version(c.ancestor_ids, c.ancestor_ends, c.id, c.head_version,
-                           %(as_of_version)s::bigint, %(as_of)s::timestamptz) AS view_version
-    FROM contexts AS c
-    WHERE c.id = %(context_id)s AND c.tenant = %(tenant)s AND c.deleted_at IS NULL
-)
 SELECT ctx.head_version, ctx.view_version, m.context_id, m.version, m.role, m.content,
        m.token_count, m.metadata, m.created_at,
        CASE WHEN %(include_embedding)s::boolean THEN m.embedding::text END AS embedding
-FROM ctx
-LEFT JOIN LATERAL cs_page_asc(ctx.ancestor_ids, ctx.ancestor_ends, ctx.id,
+FROM cs_view(%(context_id)s, %(tenant)s, %(as_of_version)s::bigint, %(as_of)s::timestamptz) AS ctx
+LEFT JOIN LATERAL cs_page_asc(ctx.ids, ctx.ends, ctx.id,
                               least(ctx.view_version, ctx.head_version, %(before)s::bigint - 1),
                               %(after)s::bigint, %(limit)s::integer) AS m ON true
 ORDER BY m.version;
@@ -68,18 +61,11 @@ ORDER BY m.version;
 -- name: list_messages_desc*
 -- The same page as list_messages_asc in descending version order: up to limit
 -- messages before version before (and after version after).
-WITH ctx AS (
-    SELECT c.id, c.ancestor_ids, c.ancestor_ends, c.head_version,
-           cs_view_version(c.ancestor_ids, c.ancestor_ends, c.id, c.head_version,
-                           %(as_of_version)s::bigint, %(as_of)s::timestamptz) AS view_version
-    FROM contexts AS c
-    WHERE c.id = %(context_id)s AND c.tenant = %(tenant)s AND c.deleted_at IS NULL
-)
 SELECT ctx.head_version, ctx.view_version, m.context_id, m.version, m.role, m.content,
        m.token_count, m.metadata, m.created_at,
        CASE WHEN %(include_embedding)s::boolean THEN m.embedding::text END AS embedding
-FROM ctx
-LEFT JOIN LATERAL cs_page_desc(ctx.ancestor_ids, ctx.ancestor_ends, ctx.id,
+FROM cs_view(%(context_id)s, %(tenant)s, %(as_of_version)s::bigint, %(as_of)s::timestamptz) AS ctx
+LEFT JOIN LATERAL cs_page_desc(ctx.ids, ctx.ends, ctx.id,
                                least(ctx.view_version, ctx.head_version),
                                %(after)s::bigint, %(before)s::bigint, %(limit)s::integer) AS m ON true
 ORDER BY m.version DESC;
@@ -90,33 +76,27 @@ ORDER BY m.version DESC;
 -- segment on cum_tokens (the first version whose running total reaches
 -- total - budget), never by scanning the conversation. With pin_system, message 1
 -- is kept when it is a system message that fits, and counts against the budget.
--- Rows as in list_messages_asc.
-WITH ctx AS (
-    SELECT c.id, c.ancestor_ids AS ids, c.ancestor_ends AS ends, c.head_version,
-           c.total_tokens,
-           cs_view_version(c.ancestor_ids, c.ancestor_ends, c.id, c.head_version,
-                           %(as_of_version)s::bigint, %(as_of)s::timestamptz) AS view_version
-    FROM contexts AS c
-    WHERE c.id = %(context_id)s AND c.tenant = %(tenant)s AND c.deleted_at IS NULL
-), viewed AS (
-    SELECT ctx.*, least(ctx.view_version, ctx.head_version) AS v FROM ctx
-), totals AS (
-    SELECT viewed.*,
+-- Rows as in list_messages_asc. (Lateral joins rather than scalar subqueries, so
+-- that the planner can inline cs_range.)
+WITH viewed AS (
+    SELECT ctx.*, least(ctx.view_version, ctx.head_version) AS v
+    FROM cs_view(%(context_id)s, %(tenant)s, %(as_of_version)s::bigint, %(as_of)s::timestamptz) AS ctx
+), budget AS (
+    SELECT viewed.*, pin.token_count AS pinned_tokens,
            CASE WHEN v = head_version THEN total_tokens
-                ELSE cs_cum_tokens(ids, ends, id, v) END AS t,
-           (SELECT p.token_count FROM cs_message(ids, ends, id, v, 1) AS p
-            WHERE %(pin_system)s::boolean AND p.role = 'system'
-              AND p.token_count <= %(max_tokens)s::bigint) AS pinned_tokens
+                ELSE cs_cum_tokens(ids, ends, id, v) END
+           - (%(max_tokens)s::bigint - coalesce(pin.token_count, 0)) AS reach
     FROM viewed
-), bounds AS (
-    SELECT totals.*, t - (%(max_tokens)s::bigint - coalesce(pinned_tokens, 0)) AS reach
-    FROM totals
+    LEFT JOIN LATERAL (
+        SELECT p.token_count FROM cs_message(viewed.ids, viewed.ends, viewed.id, viewed.v, 1) AS p
+        WHERE %(pin_system)s::boolean AND p.role = 'system' AND p.token_count <= %(max_tokens)s::bigint
+    ) AS pin ON true
 ), run AS (
-    SELECT bounds.*,
-           CASE WHEN pinned_tokens IS NULL THEN 1 ELSE 2 END AS first_free,
-           CASE WHEN reach <= 0 THEN 1
-                ELSE cs_first_reaching(ids, ends, id, v, reach) + 1 END AS natural_from
-    FROM bounds
+    SELECT budget.*,
+           greatest(CASE WHEN pinned_tokens IS NULL THEN 1 ELSE 2 END,
+                    CASE WHEN reach <= 0 THEN 1
+                         ELSE cs_first_reaching(ids, ends, id, v, reach) + 1 END) AS from_v
+    FROM budget
 )
 SELECT run.head_version, run.view_version, m.context_id, m.version, m.role, m.content,
        m.token_count, m.metadata, m.created_at, NULL::text AS embedding
@@ -125,7 +105,6 @@ LEFT JOIN LATERAL (
     SELECT * FROM cs_message(run.ids, run.ends, run.id, run.v, 1)
     WHERE run.pinned_tokens IS NOT NULL
     UNION ALL
-    SELECT * FROM cs_range(run.ids, run.ends, run.id,
-                           greatest(run.first_free, run.natural_from), run.v)
+    SELECT * FROM cs_range(run.ids, run.ends, run.id, run.from_v, run.v)
 ) AS m ON true
 ORDER BY m.version;
