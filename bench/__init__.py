@@ -1,0 +1,1 @@
+"""Benchmarks of Context Store: `python -m bench.run` (see bench/README.md)."""
