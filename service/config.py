@@ -100,6 +100,7 @@ _SPEC: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("pool_max_size", "DB_POOL_MAX_SIZE", _int(1, 100)),
     ("pool_timeout", "DB_POOL_TIMEOUT", _float(0.1, 300)),
     ("pool_check", "DB_POOL_CHECK", _bool),
+    ("pool_check_idle", "DB_POOL_CHECK_IDLE", _float(0, 3600)),
     ("connect_timeout", "DB_CONNECT_TIMEOUT", _int(1, 300)),
     ("statement_timeout_ms", "DB_STATEMENT_TIMEOUT_MS", _int(0, 3_600_000)),
     ("prepare_threshold", "DB_PREPARE_THRESHOLD", _optional_threshold),
@@ -131,6 +132,7 @@ class Settings:
     pool_max_size: int = 4
     pool_timeout: float = 5.0
     pool_check: bool = True
+    pool_check_idle: float = 1.0
     connect_timeout: int = 5
     statement_timeout_ms: int = 10_000
     prepare_threshold: int | None = 5

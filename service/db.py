@@ -10,6 +10,8 @@ to clients without being parsed and re-serialized).
 from __future__ import annotations
 
 import logging
+import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -36,15 +38,20 @@ class Database:
 
     def __init__(self, settings: Settings, conninfo: str) -> None:
         self.settings = settings
+        self._returned: weakref.WeakKeyDictionary[psycopg.Connection, float] = weakref.WeakKeyDictionary()
         self.pool = ConnectionPool(
             conninfo,
             min_size=settings.pool_min_size,
             max_size=settings.pool_max_size,
             timeout=settings.pool_timeout,
             open=False,
-            check=ConnectionPool.check_connection if settings.pool_check else None,
+            check=self._check if settings.pool_check else None,
             configure=self._configure,
+            reset=self._note_return,
             kwargs={
+                # Every request runs one statement: autocommit spares the BEGIN and
+                # COMMIT round trips. Requests that need more open a transaction.
+                "autocommit": True,
                 "prepare_threshold": settings.prepare_threshold,
                 "connect_timeout": settings.connect_timeout,
                 "application_name": "context-store",
@@ -56,7 +63,18 @@ class Database:
         register_vector(conn)
         set_json_loads(_raw_json, conn)
         QUERIES.configure_session.run(conn, statement_timeout=f"{self.settings.statement_timeout_ms}ms")
-        conn.commit()  # the pool takes only idle connections
+        self._note_return(conn)
+
+    def _note_return(self, conn: psycopg.Connection) -> None:
+        self._returned[conn] = time.monotonic()
+
+    def _check(self, conn: psycopg.Connection) -> None:
+        """Check a connection before lending it, but only one that sat idle: a busy
+        connection proved itself a moment ago, and a check is a round trip. After
+        a database restart, idle connections are replaced before any request
+        sees them."""
+        if time.monotonic() - self._returned.get(conn, 0.0) >= self.settings.pool_check_idle:
+            ConnectionPool.check_connection(conn)
 
     def open(self) -> None:
         self.pool.open(wait=False)
@@ -66,7 +84,8 @@ class Database:
 
     @contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection]:
-        """A pooled connection in a transaction, committed on success.
+        """A pooled connection in autocommit mode (wrap several statements in
+        `conn.transaction()` when they must commit together).
 
         Raise Unavailable when no connection comes within the pool time-out, the
         connection breaks, or a statement runs past the statement timeout.

@@ -18,13 +18,14 @@ from .config import Settings
 from .db import Database
 from .embedded import EmbeddedPostgres
 from .migrate import migrate
-from .tokens import load_tokenizer
+from .tokens import Tokenizer, load_tokenizer
 
 log = logging.getLogger("context_store")
 
 # Set in the master before fork; workers inherit them.
 _embedded: EmbeddedPostgres | None = None
 _conninfo: str | None = None
+_tokenizer: Tokenizer | None = None
 # One per worker.
 _database: Database | None = None
 
@@ -52,7 +53,12 @@ def start_database(settings: Settings) -> str:
 
 
 def prepare_database(settings: Settings) -> str:
-    """Master, before fork: start the database if embedded, then migrate if enabled."""
+    """Master, before fork: start the database if embedded, then migrate if enabled.
+
+    The tokenizer is loaded here too: its vocabulary (about 75 MiB for o200k_base)
+    is then shared by the workers copy-on-write instead of loaded by each."""
+    global _tokenizer
+    _tokenizer = load_tokenizer(settings.tokenizer_encoding)
     conninfo = start_database(settings)
     if settings.migrate_on_start:
         applied = migrate(conninfo)
@@ -74,7 +80,7 @@ def worker_app() -> falcon.App:
     settings = Settings.from_env()
     configure_logging(settings.log_level)
     conninfo = _conninfo or start_database(settings)
-    tokenizer = load_tokenizer(settings.tokenizer_encoding)
+    tokenizer = _tokenizer or load_tokenizer(settings.tokenizer_encoding)
     _database = Database(settings, conninfo)
     _database.open()
     return create_app(settings, _database, tokenizer)

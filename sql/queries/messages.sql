@@ -71,40 +71,10 @@ LEFT JOIN LATERAL cs_page_desc(ctx.ids, ctx.ends, ctx.id,
 ORDER BY m.version DESC;
 
 -- name: get_window*
--- The token window of a live context's view: the longest run of most recent
--- messages whose token counts fit max_tokens, found by one index probe per lineage
--- segment on cum_tokens (the first version whose running total reaches
--- total - budget), never by scanning the conversation. With pin_system, message 1
--- is kept when it is a system message that fits, and counts against the budget.
--- Rows as in list_messages_asc. (Lateral joins rather than scalar subqueries, so
--- that the planner can inline cs_range.)
-WITH viewed AS (
-    SELECT ctx.*, least(ctx.view_version, ctx.head_version) AS v
-    FROM cs_view(%(context_id)s, %(tenant)s, %(as_of_version)s::bigint, %(as_of)s::timestamptz) AS ctx
-), budget AS (
-    SELECT viewed.*, pin.token_count AS pinned_tokens,
-           CASE WHEN v = head_version THEN total_tokens
-                ELSE cs_cum_tokens(ids, ends, id, v) END
-           - (%(max_tokens)s::bigint - coalesce(pin.token_count, 0)) AS reach
-    FROM viewed
-    LEFT JOIN LATERAL (
-        SELECT p.token_count FROM cs_message(viewed.ids, viewed.ends, viewed.id, viewed.v, 1) AS p
-        WHERE %(pin_system)s::boolean AND p.role = 'system' AND p.token_count <= %(max_tokens)s::bigint
-    ) AS pin ON true
-), run AS (
-    SELECT budget.*,
-           greatest(CASE WHEN pinned_tokens IS NULL THEN 1 ELSE 2 END,
-                    CASE WHEN reach <= 0 THEN 1
-                         ELSE cs_first_reaching(ids, ends, id, v, reach) + 1 END) AS from_v
-    FROM budget
-)
-SELECT run.head_version, run.view_version, m.context_id, m.version, m.role, m.content,
-       m.token_count, m.metadata, m.created_at, NULL::text AS embedding
-FROM run
-LEFT JOIN LATERAL (
-    SELECT * FROM cs_message(run.ids, run.ends, run.id, run.v, 1)
-    WHERE run.pinned_tokens IS NOT NULL
-    UNION ALL
-    SELECT * FROM cs_range(run.ids, run.ends, run.id, run.from_v, run.v)
-) AS m ON true
-ORDER BY m.version;
+-- The token window of a live context's view (see cs_window in 0002_lineage.sql):
+-- rows as in list_messages_asc, in version order.
+SELECT w.head_version, w.view_version, w.context_id, w.version, w.role, w.content,
+       w.token_count, w.metadata, w.created_at, NULL::text AS embedding
+FROM cs_window(%(context_id)s, %(tenant)s, %(as_of_version)s::bigint, %(as_of)s::timestamptz,
+               %(max_tokens)s::bigint, %(pin_system)s::boolean) AS w
+ORDER BY w.version;

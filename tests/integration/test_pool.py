@@ -1,0 +1,60 @@
+"""The pool's check of idle connections, against connections the server really
+terminated (as a database restart does)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import psycopg
+import pytest
+
+from service.db import Database
+from service.errors import Unavailable
+from service.queries import health
+
+
+def _terminate_pool_connections(conninfo: str) -> int:
+    with psycopg.connect(conninfo, autocommit=True) as admin:
+        return admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'context-store' AND pid <> pg_backend_pid()"
+        ).fetchone()[0]
+
+
+def _database(settings, **changes) -> Database:
+    database = Database(dataclasses.replace(settings, pool_min_size=1, pool_max_size=1, **changes), settings.database_url)
+    database.pool.open(wait=True)
+    return database
+
+
+def test_an_idle_connection_is_checked_and_replaced_before_a_request_sees_it(settings):
+    database = _database(settings, pool_check_idle=0.0)
+    try:
+        with database.connection() as conn:
+            health.ping(conn)
+        assert _terminate_pool_connections(settings.database_url) == 1
+        with database.connection() as conn:  # the check finds it dead; the pool lends a new one
+            health.ping(conn)
+    finally:
+        database.close()
+
+
+def test_a_connection_returned_a_moment_ago_is_lent_without_a_check(settings):
+    database = _database(settings, pool_check_idle=3600.0)
+    try:
+        with database.connection() as conn:
+            health.ping(conn)
+        assert _terminate_pool_connections(settings.database_url) == 1
+        with pytest.raises(Unavailable):  # no check: the request meets the broken connection
+            with database.connection() as conn:
+                health.ping(conn)
+        with database.connection() as conn:  # the pool replaced it
+            health.ping(conn)
+    finally:
+        database.close()
+
+
+def test_connections_run_each_statement_in_its_own_transaction(db):
+    with db.connection() as conn:
+        assert conn.autocommit
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
