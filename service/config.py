@@ -92,6 +92,7 @@ _SPEC: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("host", "HOST", _text),
     ("port", "PORT", _int(1, 65535)),
     ("web_concurrency", "WEB_CONCURRENCY", _int(1, 64)),
+    ("worker_class", "GUNICORN_WORKER_CLASS", _choice("gthread", "sync")),
     ("threads", "GUNICORN_THREADS", _int(1, 64)),
     ("worker_timeout", "GUNICORN_TIMEOUT", _int(2, 3600)),
     ("home", "CONTEXT_STORE_HOME", _text),
@@ -124,6 +125,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     web_concurrency: int = 2
+    worker_class: str = "gthread"
     threads: int = 4
     worker_timeout: int = 30
     home: str = "./.context-store"

@@ -9,7 +9,7 @@ _settings = Settings.from_env()
 
 bind = f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"
 workers = _settings.web_concurrency
-worker_class = "gthread"
+worker_class = _settings.worker_class
 threads = _settings.threads
 timeout = _settings.worker_timeout
 graceful_timeout = 10
