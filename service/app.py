@@ -29,6 +29,7 @@ def create_app(settings: Settings, db: Database, tokenizer: Tokenizer) -> falcon
     app.add_route("/v1/contexts/{context_id:uuid}", contexts.Item(deps))
     app.add_route("/v1/contexts/{context_id:uuid}/forks", contexts.Forks(deps))
     app.add_route("/v1/contexts/{context_id:uuid}/messages", messages.Collection(deps))
-    app.add_route("/v1/contexts/{context_id:uuid}/messages/{version:int(min=1, max=4611686018427387904)}", messages.Item(deps))
+    version = "{version:int(min=1, max=4611686018427387904)}"  # past bigint is 404, not 500
+    app.add_route(f"/v1/contexts/{{context_id:uuid}}/messages/{version}", messages.Item(deps))
     app.add_route("/v1/contexts/{context_id:uuid}/window", messages.Window(deps))
     return app

@@ -182,7 +182,10 @@ def build_spec(schemas: Schemas) -> dict[str, Any]:
             "head": {
                 "summary": "Does the context exist",
                 "parameters": [request_id, *_query(c["ContextQuery"])],
-                "responses": {"200": {"description": "It exists", "headers": etag}, "404": {"description": _ERRORS["404"]}},
+                "responses": {
+                    "200": {"description": "It exists", "headers": etag},
+                    "404": {"description": _ERRORS["404"]},
+                },
             },
             "patch": {
                 "summary": "JSON merge patch (RFC 7396) of the metadata",

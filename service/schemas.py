@@ -192,7 +192,9 @@ def build_request_schemas(settings: Settings) -> dict[str, type[Schema]]:
         metadata = JsonObject(metadata={"description": "default: a copy of the parent's"}, **meta_limit)
 
     def limit_field() -> fields.Integer:
-        return fields.Integer(load_default=min(100, settings.max_page_size), validate=validate.Range(1, settings.max_page_size))
+        return fields.Integer(
+            load_default=min(100, settings.max_page_size), validate=validate.Range(1, settings.max_page_size)
+        )
 
     class ListContextsQuery(StrictSchema):
         limit = limit_field()
@@ -282,7 +284,9 @@ def load_body(schema: Schema, body: Any) -> dict[str, Any]:
     try:
         return schema.load(body)
     except ValidationError as exc:
-        raise Invalid([{"pointer": "".join(f"/{p}" for p in path), "detail": detail} for path, detail in _errors(exc)]) from None
+        raise Invalid(
+            [{"pointer": "".join(f"/{p}" for p in path), "detail": detail} for path, detail in _errors(exc)]
+        ) from None
 
 
 def load_query(schema: Schema, params: dict[str, Any]) -> dict[str, Any]:

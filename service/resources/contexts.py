@@ -20,12 +20,11 @@ def not_found(context_id: UUID) -> NotFound:
     return NotFound(f"Context {context_id} does not exist.")
 
 
-def check_view(row: dict[str, Any], query: dict[str, Any]) -> None:
-    """422 when as_of_version asks for a version past the head."""
-    if row["view_version"] > row["head_version"]:
-        raise Invalid.parameter(
-            "as_of_version", f"Version {row['view_version']} is past the head ({row['head_version']})."
-        )
+def check_view(view: int, head: int) -> int:
+    """The version a read sees; 422 when as_of_version asks for one past the head."""
+    if view > head:
+        raise Invalid.parameter("as_of_version", f"Version {view} is past the head ({head}).")
+    return view
 
 
 class Collection:
@@ -83,7 +82,7 @@ class Item:
             )
         if row is None:
             raise not_found(context_id)
-        check_view(row, query)
+        check_view(row["view_version"], row["head_version"])
         return row
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, context_id: UUID) -> None:

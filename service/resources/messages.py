@@ -8,23 +8,20 @@ from uuid import UUID
 
 import falcon
 
-from ..errors import Invalid, NotFound, PreconditionFailed
+from ..errors import NotFound, PreconditionFailed
 from ..http import etag, parse_if_match, read_json, send
 from ..queries import messages
 from ..representations import message_doc, timestamp
 from ..schemas import load_body, load_query
 from . import Deps
-from .contexts import not_found
+from .contexts import check_view, not_found
 
 
-def check_view(rows: list[dict[str, Any]], context_id: UUID) -> int:
+def view_of(rows: list[dict[str, Any]], context_id: UUID) -> int:
     """The version a read sees; 404 when the context is missing, 422 past the head."""
     if not rows:
         raise not_found(context_id)
-    head, view = rows[0]["head_version"], rows[0]["view_version"]
-    if view > head:
-        raise Invalid.parameter("as_of_version", f"Version {view} is past the head ({head}).")
-    return view
+    return check_view(rows[0]["view_version"], rows[0]["head_version"])
 
 
 class Collection:
@@ -87,7 +84,7 @@ class Collection:
                 as_of=query.get("as_of"),
                 include_embedding=include_embedding,
             )
-        view = check_view(rows, context_id)
+        view = view_of(rows, context_id)
         rows = [r for r in rows if r["version"] is not None]
         has_more = len(rows) > limit
         rows = rows[:limit]
@@ -147,7 +144,7 @@ class Window:
                 as_of_version=query.get("as_of_version"),
                 as_of=query.get("as_of"),
             )
-        view = check_view(rows, context_id)
+        view = view_of(rows, context_id)
         data = [message_doc(r) for r in rows if r["version"] is not None]
         resp.etag = etag(view)
         send(

@@ -122,7 +122,9 @@ def test_concurrent_runners_both_succeed_and_apply_each_file_once(empty_database
             results = [f.result(timeout=60) for f in futures]
     assert sorted(results, key=len) == [[], NAMES]
     with psycopg.connect(url) as conn:
-        counts = conn.execute("SELECT version, count(*) FROM schema_migrations GROUP BY version ORDER BY version").fetchall()
+        counts = conn.execute(
+            "SELECT version, count(*) FROM schema_migrations GROUP BY version ORDER BY version"
+        ).fetchall()
     assert counts == [(1, 1), (2, 1)]
 
 

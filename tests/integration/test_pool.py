@@ -22,7 +22,8 @@ def _terminate_pool_connections(conninfo: str) -> int:
 
 
 def _database(settings, **changes) -> Database:
-    database = Database(dataclasses.replace(settings, pool_min_size=1, pool_max_size=1, **changes), settings.database_url)
+    small = dataclasses.replace(settings, pool_min_size=1, pool_max_size=1, **changes)
+    database = Database(small, settings.database_url)
     database.pool.open(wait=True)
     return database
 
