@@ -6,11 +6,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 Msg = dict[str, Any]
 ROLES = ("system", "user", "assistant", "tool")
+
+# psycopg_pool's background threads draw from the global `random` (jitter on
+# connection expiry) while a pool grows; hypothesis sees the global state move
+# during a draw and warns, which warnings-as-errors turned into a flaky failure.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Do not use the `random` module inside strategies:hypothesis.errors.HypothesisDeprecationWarning"
+)
 
 PROPERTY = settings(
     max_examples=30,
