@@ -29,6 +29,9 @@ from .sql import QUERIES
 log = logging.getLogger("context_store")
 
 
+_SHUTDOWN = {"57P01", "57P02", "57P03"}
+
+
 def _raw_json(data: bytes | str) -> orjson.Fragment:
     return orjson.Fragment(data)
 
@@ -97,5 +100,12 @@ class Database:
             raise Unavailable("The database is unavailable: no connection within the pool time-out.") from exc
         except pg_errors.QueryCanceled as exc:
             raise Unavailable("The database did not answer within the statement timeout.") from exc
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        except psycopg.InterfaceError as exc:
             raise Unavailable("The database connection failed.") from exc
+        except psycopg.OperationalError as exc:
+            # Only what a retry can cure: a lost or refused connection (no SQLSTATE,
+            # class 08) or a server shutting down (57P01-57P03). Anything else
+            # (say 54001, statement too complex) is the request's, not the database's.
+            if exc.sqlstate is None or exc.sqlstate.startswith("08") or exc.sqlstate in _SHUTDOWN:
+                raise Unavailable("The database connection failed.") from exc
+            raise

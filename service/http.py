@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlencode
 
 import falcon
 import orjson
@@ -23,13 +24,11 @@ def too_large(limit: int) -> Problem:
 def read_json(req: falcon.Request, limit: int, media_types: tuple[str, ...] = (JSON,)) -> Any:
     """The parsed JSON body ({} when empty), read no further than limit bytes.
 
-    413 when larger (Content-Length is checked before anything is read), 415 for a
+    413 when larger (see middleware.RequestContext for Content-Length), 415 for a
     body that is not one of media_types, 400 when it is not JSON.
     """
-    length = req.content_length
-    if length is not None and length > limit:
-        raise too_large(limit)
-    if length is None and "chunked" in (req.get_header("Transfer-Encoding") or "").lower():
+    # Content-Length over the limit was refused by the middleware before routing.
+    if req.content_length is None and "chunked" in (req.get_header("Transfer-Encoding") or "").lower():
         # No length to bound the stream by: the server de-chunks until EOF.
         raw = req.stream.read(limit + 1)
     else:
@@ -48,6 +47,13 @@ def send(resp: falcon.Response, document: Any, status: int = 200) -> None:
     resp.status = status
     resp.content_type = JSON
     resp.data = orjson.dumps(document)
+
+
+def link_next(req: falcon.Request, resp: falcon.Response, key: str, cursor: str) -> None:
+    """Link rel="next": this request's URL with the cursor parameter replaced."""
+    params = {k: v for k, v in req.params.items() if k != key}
+    params[key] = cursor
+    resp.append_link(f"{req.path}?{urlencode(params)}", "next")
 
 
 def etag(version: int) -> str:

@@ -73,7 +73,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, context_id = orjson.loads(raw)
         position = datetime.fromisoformat(created_at), UUID(context_id)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, AttributeError) as exc:
         raise Invalid.parameter("after", "Not a cursor returned by this API.") from exc
     if position[0].tzinfo is None:
         raise Invalid.parameter("after", "Not a cursor returned by this API.")

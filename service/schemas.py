@@ -26,6 +26,20 @@ FLOAT32_MAX = 3.4028234663852886e38
 _NUMBER_TYPES = {int, float}  # exact types: bool is an int subclass and is refused
 
 
+MAX_JSON_DEPTH = 32  # orjson writes at most 254 levels; merge patches recurse per level
+
+
+def json_depth(value: Any) -> int:
+    """Levels of objects and arrays in a JSON value (iterative: no recursion limit)."""
+    depth, level = 0, [value]
+    while True:
+        containers = [item for item in level if isinstance(item, (dict, list))]
+        if not containers:
+            return depth
+        depth += 1
+        level = [child for c in containers for child in (c.values() if isinstance(c, dict) else c)]
+
+
 NUL_MESSAGE = "Contains U+0000, which PostgreSQL text and jsonb cannot store."
 
 
@@ -85,6 +99,8 @@ class JsonObject(fields.Dict):
     def _deserialize(self, value, attr, data, **kwargs):
         if not isinstance(value, dict):
             raise ValidationError("Not a JSON object.")
+        if json_depth(value) > MAX_JSON_DEPTH:
+            raise ValidationError(f"Nested deeper than {MAX_JSON_DEPTH} levels.")
         raw = orjson.dumps(value)
         if len(raw) > self.max_bytes:
             raise ValidationError(f"Larger than {self.max_bytes} bytes of JSON.")

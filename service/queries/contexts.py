@@ -34,8 +34,10 @@ def get_context(
     )
 
 
-def context_exists(conn: Connection, *, tenant: str, context_id: UUID) -> bool:
-    return bool(QUERIES.context_exists.run(conn, id=context_id, tenant=tenant))
+def get_head(conn: Connection, *, tenant: str, context_id: UUID) -> int | None:
+    """The head version of a live context, or None."""
+    row = QUERIES.get_head.run(conn, id=context_id, tenant=tenant)
+    return None if row is None else row["head_version"]
 
 
 def list_contexts(

@@ -42,11 +42,6 @@ def append_messages(
     )
 
 
-def get_head(conn: Connection, *, tenant: str, context_id: UUID) -> int | None:
-    row = QUERIES.get_head.run(conn, tenant=tenant, context_id=context_id)
-    return None if row is None else row["head_version"]
-
-
 def get_message(
     conn: Connection, *, tenant: str, context_id: UUID, version: int, include_embedding: bool
 ) -> list[dict[str, Any]]:

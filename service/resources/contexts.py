@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
 from uuid import UUID
 
 import falcon
 
 from ..errors import Invalid, NotFound
-from ..http import JSON, MERGE_PATCH, etag, read_json, send
+from ..http import JSON, MERGE_PATCH, etag, link_next, read_json, send
 from ..queries import contexts
 from ..representations import context_doc, decode_cursor, encode_cursor
-from ..schemas import NUL_MESSAGE, has_nul, load_body, load_query, parse_json
+from ..schemas import MAX_JSON_DEPTH, NUL_MESSAGE, has_nul, json_depth, load_body, load_query, parse_json
 from . import Deps
 
 
@@ -48,6 +47,8 @@ class Collection:
             metadata = parse_json(query["metadata"], "metadata parameter")
             if not isinstance(metadata, dict):
                 raise Invalid.parameter("metadata", "Must be a JSON object.")
+            if json_depth(metadata) > MAX_JSON_DEPTH:
+                raise Invalid.parameter("metadata", f"Nested deeper than {MAX_JSON_DEPTH} levels.")
             if has_nul(metadata, query["metadata"].encode()):
                 raise Invalid.parameter("metadata", NUL_MESSAGE)
         after = decode_cursor(query["after"]) if "after" in query else None
@@ -60,9 +61,7 @@ class Collection:
         rows = rows[:limit]
         cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if has_more else None
         if cursor is not None:
-            params = {k: v for k, v in req.params.items() if k != "after"}
-            params["after"] = cursor
-            resp.append_link(f"{req.path}?{urlencode(params)}", "next")
+            link_next(req, resp, "after", cursor)
         send(resp, {"data": [context_doc(r) for r in rows], "has_more": has_more, "next_cursor": cursor})
 
 
@@ -113,7 +112,7 @@ class Item:
                 max_bytes=settings.max_metadata_bytes,
             )
             if row is None:
-                if not contexts.context_exists(conn, tenant=tenant, context_id=context_id):
+                if contexts.get_head(conn, tenant=tenant, context_id=context_id) is None:
                     raise not_found(context_id)
                 raise Invalid.pointer(
                     "/metadata", f"The patched metadata would exceed {settings.max_metadata_bytes} bytes."
@@ -148,12 +147,10 @@ class Forks:
                 metadata=data.get("metadata"),
             )
             if row is None:
-                parent = contexts.get_context(conn, tenant=tenant, context_id=context_id)
-                if parent is None:
+                head = contexts.get_head(conn, tenant=tenant, context_id=context_id)
+                if head is None:
                     raise not_found(context_id)
-                raise Invalid.pointer(
-                    "/at_version", f"Version {data['at_version']} is past the head ({parent['head_version']})."
-                )
+                raise Invalid.pointer("/at_version", f"Version {data['at_version']} is past the head ({head}).")
         resp.location = f"/v1/contexts/{row['id']}"
         resp.etag = etag(row["head_version"])
         send(resp, context_doc(row), 201)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
 from uuid import UUID
 
 import falcon
 
 from ..errors import NotFound, PreconditionFailed
-from ..http import etag, parse_if_match, read_json, send
-from ..queries import messages
+from ..http import etag, link_next, parse_if_match, read_json, send
+from ..queries import contexts, messages
 from ..representations import message_doc, timestamp
 from ..schemas import load_body, load_query
 from . import Deps
@@ -43,7 +42,7 @@ class Collection:
                 conn, tenant=tenant, context_id=context_id, messages=batch, if_match=if_match
             )
             if result is None:
-                head = messages.get_head(conn, tenant=tenant, context_id=context_id)
+                head = contexts.get_head(conn, tenant=tenant, context_id=context_id)
                 if head is None:
                     raise not_found(context_id)
                 raise PreconditionFailed(f"The head is version {head}; If-Match did not match it. Nothing was written.")
@@ -90,10 +89,7 @@ class Collection:
         rows = rows[:limit]
         cursor = str(rows[-1]["version"]) if has_more else None
         if cursor is not None:
-            key = "before" if descending else "after"
-            params = {k: v for k, v in req.params.items() if k != key}
-            params[key] = cursor
-            resp.append_link(f"{req.path}?{urlencode(params)}", "next")
+            link_next(req, resp, "before" if descending else "after", cursor)
         resp.etag = etag(view)
         send(
             resp,

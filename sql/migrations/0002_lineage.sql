@@ -30,24 +30,6 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT coalesce((SELECT m.cum_tokens FROM cs_message(ids, ends, self, v, v) AS m), 0)
 $$;
 
--- Smallest version <= upto whose running total reaches bound (NULL when none).
--- cum_tokens never decreases along a lineage, so the first index entry at or past
--- bound in a segment's context is its answer, or the segment has none.
-CREATE FUNCTION cs_first_reaching(ids uuid[], ends bigint[], self uuid, upto bigint, bound bigint)
-RETURNS bigint
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT min(x.version)
-    FROM cs_segments(ids, ends, self, upto) AS s
-    CROSS JOIN LATERAL (
-        SELECT m.version
-        FROM messages AS m
-        WHERE m.context_id = s.context_id AND m.cum_tokens >= bound
-        ORDER BY m.cum_tokens, m.version
-        LIMIT 1
-    ) AS x
-    WHERE x.version <= s.hi
-$$;
-
 -- Latest version <= upto created at or before ts (0 when none). created_at never
 -- decreases as versions grow; each segment is searched below the creation time of
 -- its last version, so later rows of an ancestor are never scanned.
@@ -68,7 +50,9 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     ) AS x
 $$;
 
--- Messages from_v..to_v of a view, in any order (callers sort by version).
+-- Messages from_v..to_v of a view, in any order (callers sort by version). Versions
+-- of a view have no gaps, so a keyset page is such a range too: its cost is the
+-- rows returned plus one index probe per segment it touches.
 CREATE FUNCTION cs_range(ids uuid[], ends bigint[], self uuid, from_v bigint, to_v bigint)
 RETURNS SETOF messages
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
@@ -78,41 +62,6 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
         SELECT * FROM messages AS r
         WHERE r.context_id = s.context_id AND r.version BETWEEN greatest(s.lo, from_v) AND s.hi
     ) AS m
-$$;
-
--- First n messages after version after, up to upto, ascending (keyset page).
-CREATE FUNCTION cs_page_asc(ids uuid[], ends bigint[], self uuid, upto bigint, after bigint, n integer)
-RETURNS SETOF messages
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT p.*
-    FROM cs_segments(ids, ends, self, upto) AS s
-    CROSS JOIN LATERAL (
-        SELECT * FROM messages AS m
-        WHERE m.context_id = s.context_id AND m.version > after AND m.version <= s.hi
-        ORDER BY m.version
-        LIMIT n
-    ) AS p
-    ORDER BY p.version
-    LIMIT n
-$$;
-
--- Last n messages after version after and before version before, up to upto,
--- descending (keyset page).
-CREATE FUNCTION cs_page_desc(ids uuid[], ends bigint[], self uuid, upto bigint, after bigint,
-                             before bigint, n integer)
-RETURNS SETOF messages
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT p.*
-    FROM cs_segments(ids, ends, self, upto) AS s
-    CROSS JOIN LATERAL (
-        SELECT * FROM messages AS m
-        WHERE m.context_id = s.context_id AND m.version < before AND m.version <= s.hi
-          AND m.version > after
-        ORDER BY m.version DESC
-        LIMIT n
-    ) AS p
-    ORDER BY p.version DESC
-    LIMIT n
 $$;
 
 -- The version a read sees: as of a time, as of a version, or the head. Callers
@@ -191,7 +140,8 @@ BEGIN
     END IF;
     reach := total - (p_max_tokens - coalesce(pinned, 0));
     IF reach > 0 THEN
-        FOR seg IN SELECT * FROM cs_segments(ctx.ancestor_ids, ctx.ancestor_ends, ctx.id, v) LOOP
+        FOR seg IN SELECT * FROM cs_segments(ctx.ancestor_ids, ctx.ancestor_ends, ctx.id, v) AS s
+                   ORDER BY s.lo LOOP
             SELECT m.version INTO hit
             FROM messages AS m
             WHERE m.context_id = seg.context_id AND m.cum_tokens >= reach
@@ -214,7 +164,8 @@ BEGIN
             FROM cs_message(ctx.ancestor_ids, ctx.ancestor_ends, ctx.id, v, 1) AS m;
         emitted := true;
     END IF;
-    FOR seg IN SELECT * FROM cs_segments(ctx.ancestor_ids, ctx.ancestor_ends, ctx.id, v) LOOP
+    FOR seg IN SELECT * FROM cs_segments(ctx.ancestor_ids, ctx.ancestor_ends, ctx.id, v) AS s
+               ORDER BY s.lo LOOP
         CONTINUE WHEN seg.hi < from_v;
         RETURN QUERY
             SELECT ctx.head_version, wanted, m.context_id, m.version, m.role, m.content,

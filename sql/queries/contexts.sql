@@ -21,12 +21,11 @@ CROSS JOIN LATERAL (
 ) AS r
 WHERE c.id = %(id)s AND c.tenant = %(tenant)s AND c.deleted_at IS NULL;
 
--- name: context_exists$
--- True when a live context with this id belongs to the tenant.
-SELECT EXISTS (
-    SELECT 1 FROM contexts
-    WHERE id = %(id)s AND tenant = %(tenant)s AND deleted_at IS NULL
-);
+-- name: get_head^
+-- The head version of a live context (no row when missing, deleted or another
+-- tenant's): tells why a conditional write wrote nothing (404, 412 or 422).
+SELECT head_version FROM contexts
+WHERE id = %(id)s AND tenant = %(tenant)s AND deleted_at IS NULL;
 
 -- name: list_contexts*
 -- A page of the tenant's live contexts, newest first, strictly after a keyset

@@ -27,12 +27,6 @@ WITH head AS (
 )
 SELECT head_version, total_tokens, updated_at AS created_at FROM head;
 
--- name: get_head^
--- The head version of a live context (no row when missing or deleted); tells a
--- failed conditional append (412) from a missing context (404).
-SELECT head_version FROM contexts
-WHERE id = %(context_id)s AND tenant = %(tenant)s AND deleted_at IS NULL;
-
 -- name: get_message*
 -- One message of a live context's view by version: one row per context found,
 -- with message columns null when the version is not in the view.
@@ -46,16 +40,17 @@ WHERE c.id = %(context_id)s AND c.tenant = %(tenant)s AND c.deleted_at IS NULL;
 
 -- name: list_messages_asc*
 -- A keyset page of a live context's view in ascending version order: up to limit
--- messages after version after, as of a version or time. One row per message, or
--- one row with null message columns when the page is empty; no row when the
--- context is missing. view_version is the requested version, before capping at head.
+-- messages after version after, as of a version or time. Versions have no gaps,
+-- so the page is the range after+1 .. after+limit, capped at the view's last.
+-- One row per message, or one row with null message columns when the page is
+-- empty; no row when the context is missing. view_version is the requested version, before capping at head.
 SELECT ctx.head_version, ctx.view_version, m.context_id, m.version, m.role, m.content,
        m.token_count, m.metadata, m.created_at,
        CASE WHEN %(include_embedding)s::boolean THEN m.embedding::text END AS embedding
 FROM cs_view(%(context_id)s, %(tenant)s, %(as_of_version)s::bigint, %(as_of)s::timestamptz) AS ctx
-LEFT JOIN LATERAL cs_page_asc(ctx.ids, ctx.ends, ctx.id,
-                              least(ctx.view_version, ctx.head_version, %(before)s::bigint - 1),
-                              %(after)s::bigint, %(limit)s::integer) AS m ON true
+LEFT JOIN LATERAL cs_range(ctx.ids, ctx.ends, ctx.id, %(after)s::bigint + 1,
+                           least(ctx.view_version, ctx.head_version, %(before)s::bigint - 1,
+                                 %(after)s::bigint + %(limit)s::integer)) AS m ON true
 ORDER BY m.version;
 
 -- name: list_messages_desc*
@@ -65,9 +60,12 @@ SELECT ctx.head_version, ctx.view_version, m.context_id, m.version, m.role, m.co
        m.token_count, m.metadata, m.created_at,
        CASE WHEN %(include_embedding)s::boolean THEN m.embedding::text END AS embedding
 FROM cs_view(%(context_id)s, %(tenant)s, %(as_of_version)s::bigint, %(as_of)s::timestamptz) AS ctx
-LEFT JOIN LATERAL cs_page_desc(ctx.ids, ctx.ends, ctx.id,
-                               least(ctx.view_version, ctx.head_version),
-                               %(after)s::bigint, %(before)s::bigint, %(limit)s::integer) AS m ON true
+CROSS JOIN LATERAL (
+    SELECT least(ctx.view_version, ctx.head_version, %(before)s::bigint - 1) AS last
+) AS page
+LEFT JOIN LATERAL cs_range(ctx.ids, ctx.ends, ctx.id,
+                           greatest(%(after)s::bigint + 1, page.last - %(limit)s::integer + 1),
+                           page.last) AS m ON true
 ORDER BY m.version DESC;
 
 -- name: get_window*

@@ -57,3 +57,33 @@ def test_validation_messages_of_any_shape_become_pointers():
     assert (("a", "b"), "bad") in out
     assert (("c",), "5") in out
     assert ((), "whole") in out
+
+
+def _nested(depth: int) -> dict:
+    value: dict = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+def test_metadata_nested_too_deep_is_a_422_naming_the_field_not_a_500(client):
+    resp = client.post_json("/v1/contexts", {"metadata": _nested(300)}, status=422)
+    assert resp.json["errors"][0]["pointer"] == "/metadata"
+    assert "32" in resp.json["errors"][0]["detail"]
+    client.post_json("/v1/contexts", {"metadata": _nested(32)}, status=201)
+
+
+def test_a_metadata_filter_nested_too_deep_is_a_422(client):
+    import json
+    from urllib.parse import quote
+
+    resp = client.get("/v1/contexts?metadata=" + quote(json.dumps(_nested(300))), status=422)
+    assert resp.json["errors"][0]["parameter"] == "metadata"
+
+
+def test_a_cursor_holding_the_wrong_types_is_a_422(client):
+    import base64
+
+    cursor = base64.urlsafe_b64encode(b'["2026-01-01T00:00:00+00:00", 1]').decode().rstrip("=")
+    resp = client.get(f"/v1/contexts?after={cursor}", status=422)
+    assert resp.json["errors"][0]["parameter"] == "after"

@@ -78,7 +78,7 @@ def test_migrate_applies_every_migration_to_an_empty_database_in_order(empty_dat
     with psycopg.connect(empty_database.url) as conn:
         assert conn.execute("SELECT extname FROM pg_extension WHERE extname = 'vector'").fetchone() == ("vector",)
         functions = {r[0] for r in conn.execute("SELECT proname FROM pg_proc WHERE proname LIKE 'cs\\_%'")}
-    assert {"cs_merge_patch", "cs_segments", "cs_page_asc", "cs_view_version"} <= functions
+    assert {"cs_merge_patch", "cs_segments", "cs_range", "cs_view_version"} <= functions
 
 
 def test_migrate_a_second_time_applies_nothing(empty_database):

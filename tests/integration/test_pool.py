@@ -59,3 +59,12 @@ def test_connections_run_each_statement_in_its_own_transaction(db):
     with db.connection() as conn:
         assert conn.autocommit
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_a_database_error_that_a_retry_cannot_cure_is_not_reported_as_unavailable(db):
+    # 54001 statement_too_complex is an OperationalError, but not the database's fault.
+    with pytest.raises(psycopg.errors.StatementTooComplex):
+        with db.connection() as conn:
+            conn.execute(
+                "DO $$ BEGIN RAISE EXCEPTION 'too complex' USING ERRCODE = 'statement_too_complex'; END $$"
+            )
