@@ -61,6 +61,10 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     CROSS JOIN LATERAL (
         SELECT * FROM messages AS r
         WHERE r.context_id = s.context_id AND r.version BETWEEN greatest(s.lo, from_v) AND s.hi
+        -- OFFSET 0 keeps this a per-segment index range scan: pulled up into the
+        -- caller, the planner may hash-join a whole-table scan when one
+        -- conversation holds most of the table (52 ms against 0.3 ms, measured).
+        OFFSET 0
     ) AS m
 $$;
 
