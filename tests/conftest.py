@@ -6,17 +6,22 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse, parse_qs
+from urllib.parse import parse_qs, unquote, urlparse
 
+import psycopg
 import pytest
+from psycopg import sql as pgsql
 from pytest_postgresql import factories
 
 SHARED_TIKTOKEN = Path(__file__).resolve().parents[2] / "shared" / "tiktoken"
 if "TIKTOKEN_CACHE_DIR" not in os.environ and SHARED_TIKTOKEN.is_dir():
     os.environ["TIKTOKEN_CACHE_DIR"] = str(SHARED_TIKTOKEN)
+
+from support import database_url  # noqa: E402
 
 from service.app import create_app  # noqa: E402
 from service.config import Settings  # noqa: E402
@@ -67,6 +72,28 @@ def pg_server():
     finally:
         server.cleanup()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class EmptyDatabase:
+    name: str
+    url: str
+
+
+@pytest.fixture
+def empty_database(pg_server):
+    """A brand-new database with nothing in it (not cloned from the migrated
+    template), dropped afterwards."""
+    name = f"cs_empty_{uuid.uuid4().hex[:16]}"
+    admin = _conninfo(pg_server.host, pg_server.port, pg_server.user, pg_server.maintenance_dbname, pg_server.password)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
+    try:
+        url = database_url(pg_server.host, pg_server.port, pg_server.user, pg_server.password, name)
+        yield EmptyDatabase(name, url)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(name)))
 
 
 def load_schema(host, port, user, dbname, password, **_):

@@ -7,7 +7,6 @@ import re
 import uuid
 from urllib.parse import unquote, urlsplit
 
-
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 CONTEXT_KEYS = {
     "id",

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from importlib.metadata import version as dist_version
-from urllib.parse import quote
 
 import psycopg
 import pytest
 import webtest
 from psycopg import errors as pg_errors
-from psycopg import sql as pgsql
+from support import database_url
 
 import service
 from service import config, runtime
@@ -26,38 +24,15 @@ from service.errors import Unavailable
 NAMES = ["0001_init", "0002_lineage"]
 
 
-def _admin_conninfo(server) -> str:
-    parts = [f"host={server.host}", f"port={server.port}", f"user={server.user}", f"dbname={server.maintenance_dbname}"]
-    if server.password:
-        parts.append(f"password={server.password}")
-    return " ".join(parts)
-
-
-def _url(host, port, user, password, dbname) -> str:
-    auth = quote(user, safe="")
-    if password:
-        auth += ":" + quote(password, safe="")
-    return f"postgresql://{auth}@/{dbname}?host={quote(str(host), safe='/')}&port={port}"
-
-
 @pytest.fixture
-def empty_url(pg_server):
-    """The URL of a brand-new, unmigrated database, dropped afterwards."""
-    name = f"cs_empty_{uuid.uuid4().hex[:16]}"
-    admin = _admin_conninfo(pg_server)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
-    try:
-        yield _url(pg_server.host, pg_server.port, pg_server.user, pg_server.password, name)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(name)))
+def empty_url(empty_database) -> str:
+    return empty_database.url
 
 
 @pytest.fixture
 def migrated_url(postgresql):
     info = postgresql.info
-    return _url(info.host, info.port, info.user, info.password, info.dbname)
+    return database_url(info.host, info.port, info.user, info.password, info.dbname)
 
 
 @pytest.fixture(autouse=True)

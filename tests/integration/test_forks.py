@@ -9,8 +9,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from uuid import uuid4
 
-
-Msg = dict[str, Any]
+from support import Msg, reference_window
 
 FIELDS = ("context_id", "version", "role", "content", "token_count")
 
@@ -68,25 +67,6 @@ def page_through(client, cid: str, order: str, limit: int, **extra) -> list[Msg]
         assert link_query["limit"] == [str(limit)]
         params[key] = page["next_cursor"]
     raise AssertionError("pagination never ended")
-
-
-def reference_window(view: list[Msg], max_tokens: int, pin_system: bool = False) -> list[Msg]:
-    """API.md's window rule, by brute force over the messages of the view."""
-    pinned: list[Msg] = []
-    budget = max_tokens
-    rest = view
-    if pin_system and view and view[0]["role"] == "system" and view[0]["token_count"] <= max_tokens:
-        pinned = [view[0]]
-        budget -= view[0]["token_count"]
-        rest = view[1:]
-    run: list[Msg] = []
-    used = 0
-    for m in reversed(rest):
-        if used + m["token_count"] > budget:
-            break
-        used += m["token_count"]
-        run.append(m)
-    return pinned + run[::-1]
 
 
 def check_window(client, cid: str, view: list[Msg], max_tokens: int, pin_system: bool = False, **params):

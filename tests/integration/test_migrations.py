@@ -8,53 +8,16 @@ import shutil
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from urllib.parse import quote
 
 import psycopg
 import pytest
 from psycopg import errors as pg_errors
-from psycopg import sql as pgsql
 
 from service.ids import uuid7
 from service.migrate import LOCK_KEY, MigrationError, discover, migrate
 from service.paths import sql_dir
 
 NAMES = ["0001_init", "0002_lineage"]
-
-
-def _admin_conninfo(server) -> str:
-    parts = [f"host={server.host}", f"port={server.port}", f"user={server.user}", f"dbname={server.maintenance_dbname}"]
-    if server.password:
-        parts.append(f"password={server.password}")
-    return " ".join(parts)
-
-
-def _url(server, dbname: str) -> str:
-    auth = quote(server.user, safe="")
-    if server.password:
-        auth += ":" + quote(server.password, safe="")
-    return f"postgresql://{auth}@/{dbname}?host={quote(server.host, safe='/')}&port={server.port}"
-
-
-@dataclass(frozen=True)
-class EmptyDatabase:
-    name: str
-    url: str
-
-
-@pytest.fixture
-def empty_database(pg_server):
-    """A brand-new database with nothing in it (not cloned from the migrated template)."""
-    name = f"cs_empty_{uuid.uuid4().hex[:16]}"
-    admin = _admin_conninfo(pg_server)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
-    try:
-        yield EmptyDatabase(name, _url(pg_server, name))
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(name)))
 
 
 def _recorded(url: str) -> list[tuple[int, str, str]]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
-Msg = dict[str, Any]
+from support import Msg, reference_window
+
 UTC = timezone.utc
 
 
@@ -47,21 +47,6 @@ def list_all(client, cid: str, **params) -> list[Msg]:
 
 def versions(messages: list[Msg]) -> list[int]:
     return [m["version"] for m in messages]
-
-
-def reference_window(view: list[Msg], max_tokens: int, pin_system: bool = False) -> list[Msg]:
-    pinned: list[Msg] = []
-    budget, rest = max_tokens, view
-    if pin_system and view and view[0]["role"] == "system" and view[0]["token_count"] <= max_tokens:
-        pinned, budget, rest = [view[0]], max_tokens - view[0]["token_count"], view[1:]
-    run: list[Msg] = []
-    used = 0
-    for m in reversed(rest):
-        if used + m["token_count"] > budget:
-            break
-        used += m["token_count"]
-        run.append(m)
-    return pinned + run[::-1]
 
 
 def read_all_three(client, cid: str, **point) -> tuple[int, int, list[int], list[int]]:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import Msg, reference_window
 
-Msg = dict[str, Any]
 ROLES = ("system", "user", "assistant", "tool")
 
 # psycopg_pool's background threads draw from the global `random` (jitter on
@@ -26,25 +26,6 @@ PROPERTY = settings(
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-
-
-def reference_window(view: list[Msg], max_tokens: int, pin_system: bool) -> list[Msg]:
-    """The longest run of most recent messages whose token counts sum to at most
-    max_tokens, never splitting one (so zero-token messages at the run's edge come
-    along); with pin_system, message 1 first if it is a system message that fits,
-    counted against the budget."""
-    pinned: list[Msg] = []
-    budget, rest = max_tokens, view
-    if pin_system and view and view[0]["role"] == "system" and view[0]["token_count"] <= max_tokens:
-        pinned, budget, rest = [view[0]], max_tokens - view[0]["token_count"], view[1:]
-    run: list[Msg] = []
-    used = 0
-    for m in reversed(rest):
-        if used + m["token_count"] > budget:
-            break
-        used += m["token_count"]
-        run.append(m)
-    return pinned + run[::-1]
 
 
 class Conversation:

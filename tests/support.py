@@ -1,0 +1,35 @@
+"""Helpers shared by the test modules (tests/ is on sys.path, beside conftest.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+Msg = dict[str, Any]
+
+
+def reference_window(view: list[Msg], max_tokens: int, pin_system: bool = False) -> list[Msg]:
+    """The longest run of most recent messages whose token counts sum to at most
+    max_tokens, never splitting one (so zero-token messages at the run's edge come
+    along); with pin_system, message 1 first if it is a system message that fits,
+    counted against the budget."""
+    pinned: list[Msg] = []
+    budget, rest = max_tokens, view
+    if pin_system and view and view[0]["role"] == "system" and view[0]["token_count"] <= max_tokens:
+        pinned, budget, rest = [view[0]], max_tokens - view[0]["token_count"], view[1:]
+    run: list[Msg] = []
+    used = 0
+    for m in reversed(rest):
+        if used + m["token_count"] > budget:
+            break
+        used += m["token_count"]
+        run.append(m)
+    return pinned + run[::-1]
+
+
+def database_url(host, port, user, password, dbname) -> str:
+    """A postgresql:// URL (what DATABASE_URL takes) for a socket-dir or TCP host."""
+    auth = quote(user, safe="")
+    if password:
+        auth += ":" + quote(password, safe="")
+    return f"postgresql://{auth}@/{dbname}?host={quote(str(host), safe='/')}&port={port}"
