@@ -113,6 +113,7 @@ _SPEC: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("max_metadata_bytes", "MAX_METADATA_BYTES", _int(2, 16 * MIB)),
     ("max_batch_messages", "MAX_BATCH_MESSAGES", _int(1, 100_000)),
     ("max_page_size", "MAX_PAGE_SIZE", _int(1, 100_000)),
+    ("max_lineage_depth", "MAX_LINEAGE_DEPTH", _int(1, 10_000)),
     ("log_level", "LOG_LEVEL", _choice("debug", "info", "warning", "error")),
 )
 
@@ -146,6 +147,7 @@ class Settings:
     max_metadata_bytes: int = 16 * 1024
     max_batch_messages: int = 1000
     max_page_size: int = 1000
+    max_lineage_depth: int = 256
     log_level: str = "info"
 
     @classmethod

@@ -38,6 +38,9 @@ Readings of the contract where API.md leaves room:
   fit the metadata limit (measured in PostgreSQL's text form of jsonb) or 422.
 - A page past the end is 200 with empty `data`; `before`/`after` outside the
   conversation simply bound the range.
+- A fork that would read through more ancestor segments than the deployment's
+  MAX_LINEAGE_DEPTH (default 256) is 422 with the pointer "".
+- Metadata nested deeper than 32 levels, and text holding U+0000, are 422.
 """
 
 _ERRORS = {

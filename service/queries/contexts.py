@@ -76,8 +76,10 @@ def fork_context(
     parent_id: UUID,
     at_version: int | None,
     metadata: dict[str, Any] | None,
+    max_segments: int,
 ) -> dict[str, Any] | None:
-    """The new fork, or None when the parent is missing or at_version is past its head."""
+    """The new fork, or None when the parent is missing, at_version is past its
+    head, or the lineage would exceed max_segments ancestor segments."""
     return QUERIES.insert_fork.run(
         conn,
         id=uuid7(),
@@ -85,4 +87,5 @@ def fork_context(
         parent_id=parent_id,
         at_version=at_version,
         metadata=None if metadata is None else orjson.dumps(metadata).decode(),
+        max_segments=max_segments,
     )

@@ -145,12 +145,19 @@ class Forks:
                 parent_id=context_id,
                 at_version=data.get("at_version"),
                 metadata=data.get("metadata"),
+                max_segments=self.deps.settings.max_lineage_depth,
             )
             if row is None:
                 head = contexts.get_head(conn, tenant=tenant, context_id=context_id)
                 if head is None:
                     raise not_found(context_id)
-                raise Invalid.pointer("/at_version", f"Version {data['at_version']} is past the head ({head}).")
+                if data.get("at_version", head) > head:
+                    raise Invalid.pointer("/at_version", f"Version {data['at_version']} is past the head ({head}).")
+                raise Invalid.pointer(
+                    "",
+                    f"The fork would read through more than {self.deps.settings.max_lineage_depth} "
+                    "ancestor segments (MAX_LINEAGE_DEPTH); fork an earlier version or a shallower context.",
+                )
         resp.location = f"/v1/contexts/{row['id']}"
         resp.etag = etag(row["head_version"])
         send(resp, context_doc(row), 201)

@@ -73,7 +73,9 @@ WHERE id = %(id)s AND tenant = %(tenant)s AND deleted_at IS NULL;
 -- name: insert_fork^
 -- Forks a live context at a version (its head when at_version is null) without
 -- copying a message: one row holding the parent's lineage cut at that version.
--- No row when the parent is missing or deleted, or the version is past its head.
+-- No row when the parent is missing or deleted, the version is past its head, or
+-- the fork would read through more than max_segments ancestor segments (every read
+-- of a fork costs one index probe per segment).
 -- Deliberately no lock on the parent: under READ COMMITTED a row lock waited for
 -- re-reads the parent but not its messages, so head and token total could come
 -- from two moments. Everything here is read from the statement's one snapshot;
@@ -95,6 +97,6 @@ SELECT %(id)s, p.tenant, p.root_id, p.id, p.at_v, l.ids, l.ends, p.at_v,
        coalesce(%(metadata)s::jsonb, p.metadata), t.at, t.at
 FROM parent AS p, lineage AS l,
      LATERAL (SELECT greatest(clock_timestamp(), p.updated_at) AS at) AS t
-WHERE p.at_v <= p.head_version
+WHERE p.at_v <= p.head_version AND cardinality(l.ids) <= %(max_segments)s
 RETURNING id, metadata, parent_id, fork_version, head_version, total_tokens,
           created_at, updated_at;

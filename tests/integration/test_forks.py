@@ -583,3 +583,28 @@ def test_fork_copies_no_message_rows_and_inserts_one_context_row(client, postgre
 
     append(client, fork_of_fork, [("user", "own", 1)])
     assert message_rows(postgresql) == 201
+
+
+def test_a_fork_deeper_than_the_lineage_limit_is_refused_and_writes_nothing(settings, db, tokenizer, postgresql):
+    import dataclasses
+
+    import webtest
+
+    from service.app import create_app
+
+    app = webtest.TestApp(create_app(dataclasses.replace(settings, max_lineage_depth=2), db, tokenizer))
+    cid = app.post_json("/v1/contexts", {}, status=201).json["id"]
+    chain = [cid]
+    for _ in range(2):  # each level appends, so each adds a segment
+        one = {"messages": [{"role": "user", "content": "x"}]}
+        app.post_json(f"/v1/contexts/{chain[-1]}/messages", one, status=201)
+        chain.append(app.post_json(f"/v1/contexts/{chain[-1]}/forks", {}, status=201).json["id"])
+    app.post_json(f"/v1/contexts/{chain[-1]}/messages", {"messages": [{"role": "user", "content": "y"}]}, status=201)
+    before = postgresql.execute("SELECT count(*) FROM contexts").fetchone()[0]
+
+    resp = app.post_json(f"/v1/contexts/{chain[-1]}/forks", {}, status=422)
+    assert resp.json["errors"][0]["pointer"] == ""
+    assert "2" in resp.json["errors"][0]["detail"]
+    assert postgresql.execute("SELECT count(*) FROM contexts").fetchone()[0] == before
+    # An earlier version needs fewer segments and is still allowed.
+    assert app.post_json(f"/v1/contexts/{chain[-1]}/forks", {"at_version": 1}, status=201).json["fork_version"] == 1

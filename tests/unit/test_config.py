@@ -96,6 +96,7 @@ def test_from_env_reads_os_environ_when_no_mapping_is_given(monkeypatch):
         ("MAX_METADATA_BYTES", "2", "max_metadata_bytes", 2),
         ("MAX_BATCH_MESSAGES", "50", "max_batch_messages", 50),
         ("MAX_PAGE_SIZE", "25", "max_page_size", 25),
+        ("MAX_LINEAGE_DEPTH", "8", "max_lineage_depth", 8),
         ("LOG_LEVEL", "DEBUG", "log_level", "debug"),
         ("LOG_LEVEL", " warning ", "log_level", "warning"),
         ("LOG_LEVEL", "error", "log_level", "error"),
@@ -292,6 +293,7 @@ def test_each_listed_variable_changes_its_setting():
         "MAX_METADATA_BYTES": "9",
         "MAX_BATCH_MESSAGES": "11",
         "MAX_PAGE_SIZE": "13",
+        "MAX_LINEAGE_DEPTH": "3",
         "LOG_LEVEL": "debug",
     }
     assert sorted(samples) == sorted(name for name, _ in variables())
