@@ -35,7 +35,7 @@ Readings of the contract where API.md leaves room:
 - `If-Match` takes a list of strong tags `"<head_version>"` or `*`; weak tags never
   match; a header in another form is 422 naming the header.
 - `PATCH` with `{"metadata": null}` empties the metadata; the merged result must
-  fit the metadata limit (measured in PostgreSQL's text form of jsonb) or 422.
+  fit the metadata limit (compact JSON, as at creation) or 422, and nothing changes.
 - A page past the end is 200 with empty `data`; `before`/`after` outside the
   conversation simply bound the range.
 - A fork that would read through more ancestor segments than the deployment's

@@ -57,12 +57,11 @@ def list_contexts(
 
 
 def patch_metadata(
-    conn: Connection, *, tenant: str, context_id: UUID, patch: dict[str, Any] | None, max_bytes: int
+    conn: Connection, *, tenant: str, context_id: UUID, patch: dict[str, Any] | None
 ) -> dict[str, Any] | None:
-    """Merge-patch the metadata; None when the context is missing or the result too large."""
-    return QUERIES.patch_context_metadata.run(
-        conn, id=context_id, tenant=tenant, patch=orjson.dumps(patch).decode(), max_bytes=max_bytes
-    )
+    """Merge-patch the metadata (uncommitted: the caller's transaction decides);
+    the context with metadata_text, or None when it is missing."""
+    return QUERIES.patch_context_metadata.run(conn, id=context_id, tenant=tenant, patch=orjson.dumps(patch).decode())
 
 
 def delete_context(conn: Connection, *, tenant: str, context_id: UUID) -> bool:

@@ -6,6 +6,7 @@ from typing import Any
 from uuid import UUID
 
 import falcon
+import orjson
 
 from ..errors import Invalid, NotFound
 from ..http import JSON, MERGE_PATCH, etag, link_next, read_json, send
@@ -103,20 +104,14 @@ class Item:
         load_query(schemas.NoQuery, req.params)
         data = load_body(schemas.ContextPatch, read_json(req, settings.max_body_bytes, (JSON, MERGE_PATCH)))
         tenant = req.context.tenant
-        with self.deps.db.connection() as conn:
-            row = contexts.patch_metadata(
-                conn,
-                tenant=tenant,
-                context_id=context_id,
-                patch=data.get("metadata", {}),
-                max_bytes=settings.max_metadata_bytes,
-            )
+        limit = settings.max_metadata_bytes
+        with self.deps.db.connection() as conn, conn.transaction():
+            row = contexts.patch_metadata(conn, tenant=tenant, context_id=context_id, patch=data.get("metadata", {}))
             if row is None:
-                if contexts.get_head(conn, tenant=tenant, context_id=context_id) is None:
-                    raise not_found(context_id)
-                raise Invalid.pointer(
-                    "/metadata", f"The patched metadata would exceed {settings.max_metadata_bytes} bytes."
-                )
+                raise not_found(context_id)
+            # Sized as at creation (compact JSON); raising rolls the patch back.
+            if len(orjson.dumps(orjson.loads(row["metadata_text"]))) > limit:
+                raise Invalid.pointer("/metadata", f"The patched metadata would exceed {limit} bytes.")
         resp.etag = etag(row["head_version"])
         send(resp, context_doc(row))
 

@@ -52,17 +52,17 @@ LIMIT %(limit)s;
 
 -- name: patch_context_metadata^
 -- Applies an RFC 7396 merge patch to a live context's metadata and returns the
--- context. The patch runs in the database so concurrent patches never lose keys.
--- A patch that is not an object (null) empties the metadata. No row when the
--- context is missing or the result would exceed max_bytes (in jsonb's text form).
+-- context, with the merged metadata as text too (metadata_text) for the caller to
+-- size before it commits. The patch runs in the database, under the row's lock, so
+-- concurrent patches never lose keys. A patch that is not an object (null) empties
+-- the metadata. No row when the context is missing.
 UPDATE contexts
 SET metadata = CASE WHEN jsonb_typeof(%(patch)s::jsonb) = 'object'
                     THEN cs_merge_patch(metadata, %(patch)s::jsonb) ELSE '{}'::jsonb END,
     updated_at = greatest(clock_timestamp(), updated_at)
 WHERE id = %(id)s AND tenant = %(tenant)s AND deleted_at IS NULL
-  AND octet_length(cs_merge_patch(metadata, %(patch)s::jsonb)::text) <= %(max_bytes)s
-RETURNING id, metadata, parent_id, fork_version, head_version, total_tokens,
-          created_at, updated_at;
+RETURNING id, metadata, metadata::text AS metadata_text, parent_id, fork_version,
+          head_version, total_tokens, created_at, updated_at;
 
 -- name: delete_context!
 -- Soft-deletes a live context; returns the number of rows deleted (0 or 1).

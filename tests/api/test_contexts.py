@@ -482,3 +482,14 @@ def test_delete_leaves_other_contexts_alone(client):
     gone = create(client)
     client.delete(f"/v1/contexts/{gone['id']}", status=204)
     assert client.get(f"/v1/contexts/{keep['id']}", status=200).json == keep
+
+
+def test_metadata_near_the_limit_measured_compactly_can_be_patched_as_it_was_created(client):
+    # Many small keys: just under 16 KiB compact, over it in jsonb's spaced text form.
+    metadata: dict[str, int] = {}
+    while len(json.dumps(metadata, separators=(",", ":"))) < 16 * 1024 - 20:
+        metadata[f"k{len(metadata):04d}"] = len(metadata)
+    assert len(json.dumps(metadata)) > 16 * 1024
+    ctx = client.post_json("/v1/contexts", {"metadata": metadata}, status=201).json
+    patched = client.patch_json(f"/v1/contexts/{ctx['id']}", {"metadata": {"k0000": "zero"}}, status=200).json
+    assert patched["metadata"]["k0000"] == "zero" and len(patched["metadata"]) == len(metadata)
