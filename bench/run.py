@@ -514,14 +514,20 @@ def plan_cache(url: str, statement, params: dict[str, Any], runs: int = 20) -> s
             f"{custom} custom plans (each planned anew)")
 
 
-def worker_memory(proc: subprocess.Popen) -> list[tuple[str, int]]:
+def worker_memory(proc: subprocess.Popen) -> list[tuple[str, int, int]]:
+    """(process, RSS, PSS): RSS counts pages shared copy-on-write with the master (the
+    tokenizer's vocabulary among them) in every process; PSS splits them."""
     import psutil
 
+    def sizes(p: psutil.Process) -> tuple[int, int]:
+        full = p.memory_full_info()
+        return full.rss, getattr(full, "pss", full.rss)
+
     master = psutil.Process(proc.pid)
-    out = [(f"master {master.pid}", master.memory_info().rss)]
+    out = [(f"master {master.pid}", *sizes(master))]
     for child in master.children(recursive=False):
         try:
-            out.append((f"worker {child.pid}", child.memory_info().rss))
+            out.append((f"worker {child.pid}", *sizes(child)))
         except psutil.Error:
             pass
     return out
@@ -693,8 +699,8 @@ def render_markdown(run: Run) -> str:
     ]
     lines += [f"| {what} | {value} | {verdict(ok)} |" for what, value, ok in checks(run)]
     lines += ["", "## Memory and storage", ""]
-    for name, rss in info.get("memory", []):
-        lines.append(f"- gunicorn {name}: RSS {rss / 2**20:.1f} MiB")
+    for name, rss, pss in info.get("memory", []):
+        lines.append(f"- gunicorn {name}: RSS {rss / 2**20:.1f} MiB, PSS {pss / 2**20:.1f} MiB")
     size = info.get("db_size")
     if size:
         lines.append(f"- messages: {size}")
@@ -714,8 +720,8 @@ def print_report(run: Run) -> None:
     for what, value, ok in checks(run):
         print(f"  [{verdict(ok)}] {what}: {value}")
     print()
-    for name, rss in run.info.get("memory", []):
-        print(f"gunicorn {name}: RSS {rss / 2**20:.1f} MiB")
+    for name, rss, pss in run.info.get("memory", []):
+        print(f"gunicorn {name}: RSS {rss / 2**20:.1f} MiB, PSS {pss / 2**20:.1f} MiB")
     if run.info.get("db_size"):
         print(f"messages: {run.info['db_size']}")
     print(f"PostgreSQL: {run.info.get('pg_version', '?')}")
