@@ -209,10 +209,15 @@ def raw_operation(spec: dict[str, Any], conn, rng: random.Random):
         return read
     if op == "fork":
         parent = UUID(args["parent_id"])
+        from service.config import Settings
+
         statement = QUERIES.insert_fork
 
         def fork() -> None:
-            row = statement.run(conn, id=uuid7(), tenant=TENANT, parent_id=parent, at_version=None, metadata=None)
+            row = statement.run(
+                conn, id=uuid7(), tenant=TENANT, parent_id=parent, at_version=None, metadata=None,
+                max_segments=Settings().max_lineage_depth,
+            )
             commit()
             if row is None:
                 raise RuntimeError("insert_fork wrote nothing")

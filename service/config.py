@@ -6,6 +6,7 @@ and exits non-zero.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -90,6 +91,7 @@ MIB = 1024 * 1024
 _SPEC: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("database_url", "DATABASE_URL", _database_url),
     ("host", "HOST", _text),
+    ("allow_open_access", "ALLOW_OPEN_ACCESS", _bool),
     ("port", "PORT", _int(1, 65535)),
     ("web_concurrency", "WEB_CONCURRENCY", _int(1, 64)),
     ("worker_class", "GUNICORN_WORKER_CLASS", _choice("gthread", "sync")),
@@ -124,6 +126,7 @@ class Settings:
 
     database_url: str | None = None
     host: str = "127.0.0.1"
+    allow_open_access: bool = False
     port: int = 8000
     web_concurrency: int = 2
     worker_class: str = "gthread"
@@ -168,6 +171,11 @@ class Settings:
         return settings
 
     def _check(self) -> None:
+        if not self.allow_open_access and not is_loopback(self.host):
+            raise ConfigError(
+                f"invalid HOST={self.host!r}: the service has no API keys and would serve anyone who can "
+                "reach this address; bind a loopback address or set ALLOW_OPEN_ACCESS=true deliberately"
+            )
         if self.pool_min_size > self.pool_max_size:
             raise ConfigError(
                 f"invalid DB_POOL_MIN_SIZE={self.pool_min_size}: exceeds DB_POOL_MAX_SIZE={self.pool_max_size}"
@@ -185,6 +193,16 @@ class Settings:
     @property
     def uses_embedded_database(self) -> bool:
         return self.database_url is None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether HOST only listens on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def variables() -> list[tuple[str, Any]]:

@@ -55,7 +55,10 @@ def test_from_env_reads_os_environ_when_no_mapping_is_given(monkeypatch):
     [
         ("DATABASE_URL", "postgresql://u:p@db:5432/cs", "database_url", "postgresql://u:p@db:5432/cs"),
         ("DATABASE_URL", " postgres://db/cs ", "database_url", "postgres://db/cs"),
-        ("HOST", " 0.0.0.0 ", "host", "0.0.0.0"),
+        ("HOST", " 127.0.0.2 ", "host", "127.0.0.2"),
+        ("HOST", "::1", "host", "::1"),
+        ("HOST", "localhost", "host", "localhost"),
+        ("ALLOW_OPEN_ACCESS", "true", "allow_open_access", True),
         ("PORT", "8080", "port", 8080),
         ("PORT", "65535", "port", 65535),
         ("WEB_CONCURRENCY", "8", "web_concurrency", 8),
@@ -169,7 +172,7 @@ def test_config_error_message_quotes_the_bad_value_and_the_expectation():
 
 def test_config_error_names_the_first_bad_variable_and_not_a_good_one():
     with pytest.raises(ConfigError) as info:
-        Settings.from_env({"HOST": "0.0.0.0", "LOG_LEVEL": "loud"})
+        Settings.from_env({"HOST": "127.0.0.1", "LOG_LEVEL": "loud"})
     assert "LOG_LEVEL" in str(info.value)
     assert "HOST" not in str(info.value)
 
@@ -269,7 +272,8 @@ def test_each_listed_variable_changes_its_setting():
     # A variable listed by variables() but ignored by from_env would fail here.
     samples = {
         "DATABASE_URL": "postgresql://db/x",
-        "HOST": "10.0.0.1",
+        "HOST": "localhost",
+        "ALLOW_OPEN_ACCESS": "true",
         "PORT": "1234",
         "WEB_CONCURRENCY": "3",
         "GUNICORN_THREADS": "5",
@@ -301,3 +305,15 @@ def test_each_listed_variable_changes_its_setting():
     for variable, raw in samples.items():
         changed = Settings.from_env({variable: raw})
         assert changed != default, variable
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.1", "example.org"])
+def test_a_non_loopback_host_is_refused_while_the_service_runs_open(host):
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"HOST": host})
+    assert "HOST" in str(info.value) and "ALLOW_OPEN_ACCESS" in str(info.value)
+
+
+def test_a_non_loopback_host_is_served_when_open_access_is_allowed_deliberately():
+    settings = Settings.from_env({"HOST": "0.0.0.0", "ALLOW_OPEN_ACCESS": "true"})
+    assert settings.host == "0.0.0.0" and settings.allow_open_access
