@@ -10,7 +10,7 @@ import falcon
 from ..errors import NotFound, PreconditionFailed
 from ..http import etag, link_next, parse_if_match, read_json, send
 from ..queries import contexts, messages
-from ..representations import message_doc, timestamp
+from ..representations import message_doc
 from ..schemas import load_body, load_query
 from . import Deps
 from .contexts import check_view, not_found
@@ -48,18 +48,17 @@ class Collection:
                 raise PreconditionFailed(f"The head is version {head}; If-Match did not match it. Nothing was written.")
         head = result["head_version"]
         first = head - len(batch) + 1
-        created_at = timestamp(result["created_at"])
-        holder = str(context_id)
+        # The rows just written, rebuilt from the request rather than read back.
         data = [
-            {
-                "context_id": holder,
-                "version": first + index,
-                "role": m["role"],
-                "content": m["content"],
-                "token_count": m["token_count"],
-                "metadata": m.get("metadata") or {},
-                "created_at": created_at,
-            }
+            message_doc(
+                {
+                    **m,
+                    "context_id": context_id,
+                    "version": first + index,
+                    "metadata": m.get("metadata") or {},
+                    "created_at": result["created_at"],
+                }
+            )
             for index, m in enumerate(batch)
         ]
         resp.etag = etag(head)
