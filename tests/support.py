@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 Msg = dict[str, Any]
 
@@ -33,3 +33,28 @@ def database_url(host, port, user, password, dbname) -> str:
     if password:
         auth += ":" + quote(password, safe="")
     return f"postgresql://{auth}@/{dbname}?host={quote(str(host), safe='/')}&port={port}"
+
+
+def check_window_summary(got: dict[str, Any], want: list[Msg], view_length: int, max_tokens: int) -> None:
+    """A window response's token_count, max_tokens, from/to_version and truncated
+    agree with the reference window `want` over a view of view_length messages."""
+    assert got["token_count"] == sum(m["token_count"] for m in want)
+    assert got["token_count"] <= max_tokens
+    assert got["max_tokens"] == max_tokens
+    assert got["from_version"] == (want[0]["version"] if want else None)
+    assert got["to_version"] == (want[-1]["version"] if want else None)
+    assert got["truncated"] is (len(want) < view_length)
+
+
+def problem(resp, status: int) -> dict[str, Any]:
+    """The problem document of an error response, checked for its common shape
+    (test_errors.py holds `instance` to its exact encoded form; here any spelling)."""
+    assert resp.status_int == status, resp.body
+    assert resp.content_type == "application/problem+json"
+    doc = resp.json
+    assert doc["status"] == status
+    assert doc["type"].startswith("/problems/")
+    assert isinstance(doc["title"], str) and doc["title"]
+    assert isinstance(doc["detail"], str) and doc["detail"]
+    assert unquote(doc["instance"]) == unquote(urlsplit(resp.request.url).path)
+    return doc

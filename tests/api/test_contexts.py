@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
+
+from support import problem
 
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 CONTEXT_KEYS = {
@@ -33,20 +35,6 @@ def append(client, context_id, *messages) -> dict:
     return client.post_json(
         f"/v1/contexts/{context_id}/messages", {"messages": list(messages)}, status=201
     ).json
-
-
-def problem(resp, status: int) -> dict:
-    """The problem document of an error response, checked for its common shape."""
-    assert resp.status_int == status, resp.body
-    assert resp.content_type == "application/problem+json"
-    doc = resp.json
-    assert doc["status"] == status
-    assert doc["type"].startswith("/problems/")
-    assert isinstance(doc["title"], str) and doc["title"]
-    assert isinstance(doc["detail"], str) and doc["detail"]
-    # test_errors.py holds instance to its exact (encoded) form; here any spelling of the path.
-    assert unquote(doc["instance"]) == unquote(urlsplit(resp.request.url).path)
-    return doc
 
 
 def invalid_parameter(resp, name: str) -> dict:

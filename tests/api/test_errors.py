@@ -128,15 +128,19 @@ def test_wrong_method_is_405_with_allow(client):
     assert client.get(f"/v1/contexts/{cid}", status=200).json["metadata"] == {}
 
 
-def test_body_that_is_not_json_is_400_malformed_json(client, postgresql):
-    cid = create(client)
-    targets = [
+def body_targets(cid: str) -> list[tuple[str, str]]:
+    """Every (method, path) that takes a JSON body."""
+    return [
         ("post", "/v1/contexts"),
         ("post", f"/v1/contexts/{cid}/messages"),
         ("patch", f"/v1/contexts/{cid}"),
         ("post", f"/v1/contexts/{cid}/forks"),
     ]
-    for method, path in targets:
+
+
+def test_body_that_is_not_json_is_400_malformed_json(client, postgresql):
+    cid = create(client)
+    for method, path in body_targets(cid):
         for body in (b"{", b"{'a': 1}", b'{"metadata": }', b"nul", b"\xff\xfe", b'{"a": 1} x'):
             doc = assert_problem(raw(client, method, path, body), 400, path)
             assert doc["type"] == "/problems/malformed-json"
@@ -146,13 +150,7 @@ def test_body_that_is_not_json_is_400_malformed_json(client, postgresql):
 
 def test_json_body_that_is_not_an_object_is_422(client, postgresql):
     cid = create(client, {"a": 1})
-    targets = [
-        ("post", "/v1/contexts"),
-        ("post", f"/v1/contexts/{cid}/messages"),
-        ("patch", f"/v1/contexts/{cid}"),
-        ("post", f"/v1/contexts/{cid}/forks"),
-    ]
-    for method, path in targets:
+    for method, path in body_targets(cid):
         for body in (b"[]", b'[{"metadata": {}}]', b'"x"', b"1", b"true", b"null"):
             doc = assert_problem(raw(client, method, path, body), 422, path)
             assert doc["type"] == "/problems/validation-error"

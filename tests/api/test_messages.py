@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import re
 import uuid
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
+
+from support import problem
 
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 MESSAGE_KEYS = {"context_id", "version", "role", "content", "token_count", "metadata", "created_at"}
@@ -34,18 +36,6 @@ def append_tokens(client, cid, *counts, role="user") -> dict:
     """Append one message per token count (counts given, so the tokenizer is not involved)."""
     messages = [msg(f"m{i}", role=role, token_count=n) for i, n in enumerate(counts)]
     return append(client, cid, *messages, status=201).json
-
-
-def problem(resp, status: int) -> dict:
-    assert resp.status_int == status, resp.body
-    assert resp.content_type == "application/problem+json"
-    doc = resp.json
-    assert doc["status"] == status
-    assert doc["type"].startswith("/problems/")
-    assert isinstance(doc["title"], str) and doc["title"]
-    assert isinstance(doc["detail"], str) and doc["detail"]
-    assert unquote(doc["instance"]) == unquote(urlsplit(resp.request.url).path)
-    return doc
 
 
 def invalid(resp, **where) -> dict:

@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from uuid import uuid4
 
-from support import Msg, reference_window
+from support import Msg, check_window_summary, reference_window
 
 FIELDS = ("context_id", "version", "role", "content", "token_count")
 
@@ -77,12 +77,7 @@ def check_window(client, cid: str, view: list[Msg], max_tokens: int, pin_system:
     got = resp.json
     want = reference_window(view, max_tokens, pin_system)
     assert strip(got["data"]) == strip(want), (max_tokens, pin_system)
-    assert got["token_count"] == sum(m["token_count"] for m in want)
-    assert got["token_count"] <= max_tokens
-    assert got["max_tokens"] == max_tokens
-    assert got["from_version"] == (want[0]["version"] if want else None)
-    assert got["to_version"] == (want[-1]["version"] if want else None)
-    assert got["truncated"] is (len(want) < len(view))
+    check_window_summary(got, want, len(view), max_tokens)
     return resp
 
 
@@ -451,14 +446,20 @@ def test_two_forks_of_one_parent_are_independent_of_each_other(client):
 # ---------------------------------------------------------------- listing and windows
 
 
-def test_listing_pages_cross_lineage_boundaries_in_both_orders(client):
+def three_segment_leaf(client) -> tuple[str, list[Msg]]:
+    """A fork of a fork, each with messages of its own: versions 1-3 held by the
+    root, 4-5 by the middle fork, 6-9 by the leaf. Returns the leaf and its view."""
     model = Model(client)
     root = model.root([("user", 1)] * 5, "r")
     mid = model.fork(root, 3, "m")
     model.append(mid, [("assistant", 2)] * 4, "m")
     leaf = model.fork(mid, 5, "l")
     model.append(leaf, [("tool", 3)] * 4, "l")
-    view = model.views[leaf]
+    return leaf, model.views[leaf]
+
+
+def test_listing_pages_cross_lineage_boundaries_in_both_orders(client):
+    leaf, view = three_segment_leaf(client)
     for limit in (1, 2, 3, 4, 9, 1000):
         assert strip(page_through(client, leaf, "asc", limit)) == strip(view)
         assert strip(page_through(client, leaf, "desc", limit)) == strip(view[::-1])
@@ -472,13 +473,7 @@ def test_listing_pages_cross_lineage_boundaries_in_both_orders(client):
 
 
 def test_desc_listing_with_after_and_before_returns_only_versions_strictly_between(client):
-    model = Model(client)
-    root = model.root([("user", 1)] * 5, "r")
-    mid = model.fork(root, 3, "m")
-    model.append(mid, [("assistant", 2)] * 4, "m")
-    leaf = model.fork(mid, 5, "l")
-    model.append(leaf, [("tool", 3)] * 4, "l")
-    view = model.views[leaf]
+    leaf, view = three_segment_leaf(client)
     wrong = []
     for after in range(0, 10):
         for before in range(after + 1, 11):
