@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -58,3 +59,16 @@ def problem(resp, status: int) -> dict[str, Any]:
     assert isinstance(doc["detail"], str) and doc["detail"]
     assert unquote(doc["instance"]) == unquote(urlsplit(resp.request.url).path)
     return doc
+
+
+LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
+
+
+def next_link(resp) -> str | None:
+    """The target of a response's Link rel="next", or None without a Link header."""
+    header = resp.headers.get("Link")
+    if header is None:
+        return None
+    match = LINK_NEXT.search(header)
+    assert match, header
+    return match.group(1)

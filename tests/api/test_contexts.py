@@ -7,7 +7,7 @@ import re
 import uuid
 from urllib.parse import urlsplit
 
-from support import problem
+from support import next_link, problem
 
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 CONTEXT_KEYS = {
@@ -20,7 +20,6 @@ CONTEXT_KEYS = {
     "created_at",
     "updated_at",
 }
-LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 
 
 # ---------------------------------------------------------------- helpers
@@ -49,15 +48,6 @@ def invalid_pointer(resp, pointer: str) -> dict:
     assert doc["type"] == "/problems/validation-error"
     assert any(e.get("pointer") == pointer for e in doc["errors"]), doc["errors"]
     return doc
-
-
-def next_link(resp) -> str | None:
-    header = resp.headers.get("Link")
-    if header is None:
-        return None
-    match = LINK_NEXT.search(header)
-    assert match, header
-    return match.group(1)
 
 
 def list_ids(resp) -> list[str]:

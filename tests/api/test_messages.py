@@ -7,11 +7,10 @@ import re
 import uuid
 from urllib.parse import parse_qs, urlsplit
 
-from support import problem
+from support import next_link, problem
 
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 MESSAGE_KEYS = {"context_id", "version", "role", "content", "token_count", "metadata", "created_at"}
-LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 DIM = 1536
 MIB = 1024 * 1024
 
@@ -59,15 +58,6 @@ def db_head(postgresql, cid) -> tuple[int, int]:
 
 def versions(resp) -> list[int]:
     return [m["version"] for m in resp.json["data"]]
-
-
-def next_link(resp) -> str | None:
-    header = resp.headers.get("Link")
-    if header is None:
-        return None
-    match = LINK_NEXT.search(header)
-    assert match, header
-    return match.group(1)
 
 
 def follow(client, url: str):
