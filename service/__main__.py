@@ -12,6 +12,9 @@ from .config import ConfigError, Settings
 def _serve(settings: Settings) -> int:
     from gunicorn.app.wsgiapp import WSGIApplication
 
+    from . import runtime
+
+    runtime.use_settings(settings)
     sys.argv = ["context-store", "-c", "python:service.gunicorn_conf"]
     WSGIApplication("%(prog)s [OPTIONS]").run()
     return 0

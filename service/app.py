@@ -1,35 +1,45 @@
-"""create_app wires routes, middleware and error handling; it holds no logic."""
+"""create_app wires the one route table, middleware and error handling; it holds no logic."""
 
 from __future__ import annotations
 
 import falcon
 
-from . import errors
+from . import problems
 from .config import Settings
-from .db import Database
+from .http import BodyReader
+from .limits import MAX_VERSION
 from .middleware import RequestContext
 from .openapi import OpenApi, build_spec
-from .resources import Deps, contexts, health, messages
-from .schemas import Schemas
-from .tokens import Tokenizer
+from .queries import Store
+from .resources import contexts, health, messages
+from .schemas.requests import RequestSchemas
+
+CONTEXT = "/v1/contexts/{context_id:uuid}"
+# A version past MAX_VERSION does not match the route: 404, never a bigint overflow.
+VERSION = f"{{version:int(min=1, max={MAX_VERSION})}}"
 
 
-def create_app(settings: Settings, db: Database, tokenizer: Tokenizer) -> falcon.App:
-    """The WSGI app over an (opened) Database."""
-    schemas = Schemas(settings)
-    deps = Deps(settings=settings, db=db, schemas=schemas, tokenizer=tokenizer)
+def create_app(settings: Settings, store: Store) -> falcon.App:
+    """The WSGI app over a store whose database is open."""
+    schemas = RequestSchemas(settings)
+    read_body = BodyReader(settings.max_body_bytes)
     app = falcon.App(middleware=[RequestContext(settings.max_body_bytes)])
     app.req_options.keep_blank_qs_values = True
     app.req_options.strip_url_path_trailing_slash = False
-    errors.install(app, settings.retry_after)
+    problems.install(app, settings.retry_after)
 
-    app.add_route("/health", health.Health(deps))
-    app.add_route("/openapi.json", OpenApi(build_spec(schemas)))
-    app.add_route("/v1/contexts", contexts.Collection(deps))
-    app.add_route("/v1/contexts/{context_id:uuid}", contexts.Item(deps))
-    app.add_route("/v1/contexts/{context_id:uuid}/forks", contexts.Forks(deps))
-    app.add_route("/v1/contexts/{context_id:uuid}/messages", messages.Collection(deps))
-    version = "{version:int(min=1, max=4611686018427387904)}"  # past bigint is 404, not 500
-    app.add_route(f"/v1/contexts/{{context_id:uuid}}/messages/{version}", messages.Item(deps))
-    app.add_route("/v1/contexts/{context_id:uuid}/window", messages.Window(deps))
+    document = OpenApi(schemas)
+    for path, resource in (
+        ("/health", health.Health(store.health, schemas, pool_timeout=settings.pool_timeout,
+                                  retry_after=settings.retry_after)),
+        ("/openapi.json", document),
+        ("/v1/contexts", contexts.Collection(store.contexts, schemas, read_body)),
+        (CONTEXT, contexts.Item(store.contexts, schemas, read_body)),
+        (f"{CONTEXT}/forks", contexts.Forks(store.contexts, schemas, read_body)),
+        (f"{CONTEXT}/messages", messages.Collection(store.messages, schemas, read_body)),
+        (f"{CONTEXT}/messages/{VERSION}", messages.Item(store.messages, schemas)),
+        (f"{CONTEXT}/window", messages.Window(store.messages, schemas)),
+    ):
+        app.add_route(path, resource)
+    document.publish(build_spec(app, schemas, settings))
     return app

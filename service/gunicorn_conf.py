@@ -3,9 +3,8 @@ imports this module, so `gunicorn -c gunicorn.conf.py` and `context-store serve`
 run the same configuration)."""
 
 from service import runtime
-from service.config import Settings
 
-_settings = Settings.from_env()
+_settings = runtime.settings()
 
 bind = f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"
 workers = _settings.web_concurrency

@@ -10,8 +10,9 @@ from urllib.parse import urlencode
 import falcon
 import orjson
 
-from .errors import Invalid, Problem
-from .schemas import parse_json
+from .errors import Invalid
+from .jsonvalues import parse_json
+from .problems import Problem
 
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
@@ -43,6 +44,16 @@ def read_json(req: falcon.Request, limit: int, media_types: tuple[str, ...] = (J
     return parse_json(raw, "body")
 
 
+class BodyReader:
+    """read_json with one deployment's body limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def __call__(self, req: falcon.Request, media_types: tuple[str, ...] = (JSON,)) -> Any:
+        return read_json(req, self.limit, media_types)
+
+
 def send(resp: falcon.Response, document: Any, status: int = 200) -> None:
     resp.status = status
     resp.content_type = JSON
@@ -50,10 +61,11 @@ def send(resp: falcon.Response, document: Any, status: int = 200) -> None:
 
 
 def link_next(req: falcon.Request, resp: falcon.Response, key: str, cursor: str) -> None:
-    """Link rel="next": this request's URL with the cursor parameter replaced."""
+    """Link rel="next": this request's absolute URL (scheme and host as the client
+    sent them) with the cursor parameter replaced."""
     params = {k: v for k, v in req.params.items() if k != key}
     params[key] = cursor
-    resp.append_link(f"{req.path}?{urlencode(params)}", "next")
+    resp.append_link(f"{req.prefix}{req.path}?{urlencode(params)}", "next")
 
 
 def etag(version: int) -> str:
@@ -79,3 +91,18 @@ def parse_if_match(header: str | None) -> list[int] | None:
         if match.group(1) is None:
             versions.append(int(match.group(2)))
     return versions
+
+
+def cacheable(req: falcon.Request, resp: falcon.Response, version: int, document: Any) -> None:
+    """Send a message read: ETag is the version it shows (what a read returns for a
+    version never changes), and an If-None-Match that holds it (weak comparison,
+    as RFC 9110 asks, or `*`) is answered 304 without a body."""
+    tag = etag(version)
+    resp.etag = tag
+    given = req.get_header("If-None-Match")
+    if given is not None and (
+        given.strip() == "*" or tag in (part.strip().removeprefix("W/") for part in given.split(","))
+    ):
+        resp.status = 304
+        return
+    send(resp, document)

@@ -1,93 +1,199 @@
-"""The OpenAPI 3.1 document, generated with apispec from the marshmallow schemas
-that validate requests (schemas.py) and describe responses."""
+"""The OpenAPI 3.1 document, generated from the routes the app really serves.
+
+Each responder of a resource carries its documentation (`@operation(...)`); the
+document walks the app's router, so a route without documentation fails to build
+(and its test), and the document can list nothing the app does not serve. Request
+schemas come from schemas/requests.py (the ones that validate), response schemas
+from schemas/responses.py; statuses every operation shares (404 for a path with
+an id, 422 for parameters, 503, the body errors) are added here, once.
+"""
 
 from __future__ import annotations
 
+import inspect
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
+import falcon
+import orjson
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
 from . import __version__
-from .schemas import (
-    AppendResult,
-    ContextOut,
-    ContextPage,
-    HealthOut,
-    MessageOut,
-    MessagePage,
-    ProblemOut,
-    Schemas,
-    WindowOut,
-)
+from .config import Settings
+from .schemas import responses
+from .schemas.loading import load_query
+from .schemas.requests import RequestSchemas
+
+JSON = "application/json"
 
 DESCRIPTION = """\
 Versioned, forkable storage for the contexts (conversations) of LLM applications.
 
 Errors are `application/problem+json` (RFC 9457). Validation errors (422) list
 `errors` with an RFC 6901 `pointer` into the body, a query `parameter` or a
-`header`.
+`header`. Every response carries `X-Request-Id`.
 
 Readings of the contract where API.md leaves room:
-- `GET /health` answers 503 with `Content-Type: application/problem+json`; its body
-  keeps the health shape, so `status` is the string `"unavailable"` rather than
-  the problem document's usual number.
 - `If-Match` takes a list of strong tags `"<head_version>"` or `*`; weak tags never
-  match; a header in another form is 422 naming the header.
+  match; a header in another form is 422 naming the header. A 412 carries the
+  current head in `ETag` and in the problem's `head_version`.
+- Message reads carry `ETag: "<version>"`: the viewed version for a page or a
+  window, the message's own version for one message. `If-None-Match` holding it
+  (or `*`) is answered 304 without a body.
 - `PATCH` with `{"metadata": null}` empties the metadata; the merged result must
   fit the metadata limit (compact JSON, as at creation) or 422, and nothing changes.
+- In other bodies, an explicit `null` for an optional field (`token_count`,
+  `metadata`, `embedding`, `at_version`) means the field is absent.
 - A page past the end is 200 with empty `data`; `before`/`after` outside the
-  conversation simply bound the range.
+  conversation simply bound the range. `after` and `before` are versions written
+  as strings of digits, exactly as `next_cursor` returns them.
 - A fork that would read through more ancestor segments than the deployment's
-  MAX_LINEAGE_DEPTH (default 256) is 422 with the pointer "".
-- Metadata nested deeper than 32 levels, and text holding U+0000, are 422.
+  MAX_LINEAGE_DEPTH is 422 with the pointer "".
+
+Rules the server enforces that this document's schemas cannot express:
+- `as_of_version` and `as_of` exclude each other (422 when both are given):
+  OpenAPI parameters cannot depend on each other.
+- Metadata is at most MAX_METADATA_BYTES of compact JSON and 32 levels deep, and
+  `content` at most MAX_CONTENT_BYTES of UTF-8: JSON Schema counts characters and
+  cannot measure depth or serialized size. `maxLength` states the character bound
+  implied by the byte limit.
+- `as_of_version` and `at_version` past the head are 422, a version past the head
+  in a path is 404: the head is data, not schema.
+- `metadata` as a query parameter is a JSON object written as text (400 when it is
+  not JSON).
 """
 
-_ERRORS = {
+# status -> description, for the statuses the builder adds by rule.
+_STANDARD = {
+    "304": "Not modified: If-None-Match holds this version",
     "400": "Body (or metadata filter) is not JSON",
     "404": "Unknown or deleted context, malformed id, unknown version",
-    "405": "Method not allowed (see Allow)",
-    "412": "If-Match did not match the head",
+    "412": "If-Match did not match the head (the current head is in ETag)",
     "413": "Body over the limit",
     "415": "Body is not JSON",
-    "422": "Well-formed but invalid input",
+    "422": "Well-formed but invalid input: unknown, missing or out-of-range fields or parameters",
     "503": "Database unavailable (see Retry-After)",
 }
+_HEADERS = {
+    "ETag": {"description": '"<version>": the head, or the version read', "schema": {"type": "string"}},
+    "Location": {"description": "URL of the new context", "schema": {"type": "string"}},
+    "Link": {"description": 'rel="next": the absolute URL of the next page, when has_more', "schema": {"type": "string"}},
+    "Retry-After": {"description": "seconds", "schema": {"type": "integer"}},
+    "X-Request-Id": {"description": "the client's, echoed, or generated", "schema": {"type": "string"}},
+}
+
+
+@dataclass(frozen=True)
+class Operation:
+    """What the document says of one responder."""
+
+    operation_id: str
+    tag: str
+    summary: str
+    ok: str  # "201" etc.
+    ok_schema: str | None = None  # a component of schemas/responses.py
+    ok_headers: tuple[str, ...] = ()
+    query: str | None = None  # a class of RequestSchemas
+    body: str | None = None
+    body_types: tuple[str, ...] = (JSON,)
+    body_required: bool = False
+    statuses: tuple[str, ...] = ()  # more than the rules add
+    headers: tuple[dict[str, Any], ...] = ()  # request header parameters
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def operation(operation_id: str, **kwargs: Any) -> Callable[[Callable], Callable]:
+    """Document a responder (`on_get`, ...) for the OpenAPI document."""
+
+    def mark(responder: Callable) -> Callable:
+        responder.__openapi__ = Operation(operation_id, **kwargs)  # type: ignore[attr-defined]
+        return responder
+
+    return mark
+
+
+@dataclass(frozen=True)
+class Route:
+    template: str  # Falcon's, with converters: /v1/contexts/{context_id:uuid}
+    method: str
+    responder: Callable
+
+
+def served_routes(app: falcon.App) -> Iterator[Route]:
+    """Every (path, method) the app routes to a responder of ours: Falcon's own
+    responders (405, default OPTIONS) are left out."""
+    stack = list(app._router._roots)
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        if node.resource is None:
+            continue
+        for method, responder in sorted(node.method_map.items()):
+            if inspect.ismethod(responder) and responder.__self__ is node.resource:
+                yield Route(node.uri_template, method, responder)
+
+
+_PARAM = re.compile(r"{(?P<name>\w+)(?::(?P<converter>\w+)(?:\((?P<args>[^)]*)\))?)?}")
+
+
+def _path(template: str) -> tuple[str, list[dict[str, Any]]]:
+    """OpenAPI path and path parameters of a Falcon template."""
+    parameters = []
+    for match in _PARAM.finditer(template):
+        if match["converter"] == "uuid":
+            schema: dict[str, Any] = {"type": "string", "format": "uuid"}
+        elif match["converter"] == "int":
+            schema = {"type": "integer"}
+            for arg in (match["args"] or "").split(","):
+                key, _, value = arg.strip().partition("=")
+                if key in ("min", "max"):
+                    schema["minimum" if key == "min" else "maximum"] = int(value)
+        else:
+            schema = {"type": "string"}
+        parameters.append({"in": "path", "name": match["name"], "required": True, "schema": schema})
+    return _PARAM.sub(r"{\g<name>}", template), parameters
+
+
+class UndocumentedRoute(LookupError):
+    """A route the app serves without @operation documentation."""
 
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _problems(*codes: str) -> dict[str, Any]:
-    return {
-        code: {
-            "description": _ERRORS[code],
-            "content": {"application/problem+json": {"schema": _ref("Problem")}},
-        }
-        for code in codes
+def _response(description: str, schema: str | None, headers: tuple[str, ...], media: str = JSON) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "headers": {name: _HEADERS[name] for name in ("X-Request-Id", *headers)},
     }
-
-
-def _ok(code: str, schema: str | None, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    response: dict[str, Any] = {"description": description}
     if schema is not None:
-        response["content"] = {"application/json": {"schema": _ref(schema)}}
-    if headers:
-        response["headers"] = headers
-    return {code: response}
+        response["content"] = {media: {"schema": _ref(schema)}}
+    return response
 
 
-def _query(schema: Any) -> list[dict[str, Any]]:
-    return [{"in": "query", "schema": schema}]
+def _problem(code: str) -> dict[str, Any]:
+    headers = ("Retry-After",) if code == "503" else ("ETag",) if code == "412" else ()
+    if code == "304":
+        return _response(_STANDARD[code], None, ("ETag",))
+    return _response(_STANDARD[code], "Problem", headers, "application/problem+json")
 
 
-def _body(schema: str, media_types: tuple[str, ...] = ("application/json",)) -> dict[str, Any]:
-    return {"required": False, "content": {m: {"schema": _ref(schema)} for m in media_types}}
+REQUEST_ID = {
+    "in": "header",
+    "name": "X-Request-Id",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "echoed on the response when 1..128 of [A-Za-z0-9._:-]; generated otherwise",
+}
 
 
-def build_spec(schemas: Schemas) -> dict[str, Any]:
-    """The whole document as a dict, ready to serve."""
+def build_spec(app: falcon.App, schemas: RequestSchemas, settings: Settings) -> dict[str, Any]:
+    """The whole document for the routes `app` serves, as a dict ready to serve.
+    Raises UndocumentedRoute for a responder without @operation."""
     spec = APISpec(
         title="Context Store",
         version=__version__,
@@ -95,188 +201,86 @@ def build_spec(schemas: Schemas) -> dict[str, Any]:
         plugins=[MarshmallowPlugin()],
         info={"description": DESCRIPTION},
     )
-    c = schemas.classes
     for name, schema in (
-        ("Context", ContextOut),
-        ("Message", MessageOut),
-        ("ContextPage", ContextPage),
-        ("MessagePage", MessagePage),
-        ("AppendResult", AppendResult),
-        ("Window", WindowOut),
-        ("Health", HealthOut),
-        ("Problem", ProblemOut),
-        ("MessageIn", c["MessageIn"]),
-        ("ContextCreate", c["ContextCreate"]),
-        ("ContextPatch", c["ContextPatch"]),
-        ("AppendMessages", c["AppendMessages"]),
-        ("ForkCreate", c["ForkCreate"]),
+        ("Context", responses.ContextOut),
+        ("Message", responses.MessageOut),
+        ("ContextPage", responses.ContextPage),
+        ("MessagePage", responses.MessagePage),
+        ("AppendResult", responses.AppendResult),
+        ("Window", responses.WindowOut),
+        ("Health", responses.HealthOut),
+        ("Problem", responses.ProblemOut),
     ):
         spec.components.schema(name, schema=schema)
+    bodies = set()
 
-    context_id = {"in": "path", "name": "context_id", "required": True, "schema": {"type": "string", "format": "uuid"}}
-    version = {"in": "path", "name": "version", "required": True, "schema": {"type": "integer", "minimum": 1}}
-    etag = {"ETag": {"description": '"<head_version>" (or the version read)', "schema": {"type": "string"}}}
-    location = {"Location": {"description": "URL of the new context", "schema": {"type": "string"}}}
-    link = {"Link": {"description": 'rel="next" when has_more', "schema": {"type": "string"}}}
-    request_id = {
-        "in": "header",
-        "name": "X-Request-Id",
-        "required": False,
-        "schema": {"type": "string"},
-        "description": "echoed on the response; generated when absent",
-    }
-    if_match = {
-        "in": "header",
-        "name": "If-Match",
-        "required": False,
-        "schema": {"type": "string"},
-        "description": 'append only if the head is still this version: "<head_version>" or *',
-    }
+    paths: dict[str, dict[str, Any]] = {}
+    for route in sorted(served_routes(app), key=lambda r: (r.template, r.method)):
+        doc: Operation | None = getattr(route.responder, "__openapi__", None)
+        if doc is None:
+            raise UndocumentedRoute(f"{route.method} {route.template} has no @operation documentation")
+        path, path_parameters = _path(route.template)
+        statuses = {"422", "503", *doc.statuses}
+        if path_parameters:
+            statuses.add("404")
+        parameters: list[dict[str, Any]] = [*path_parameters, REQUEST_ID, *doc.headers]
+        if doc.query is not None:
+            parameters.append({"in": "query", "schema": schemas.classes[doc.query]})
+        operation: dict[str, Any] = {
+            "operationId": doc.operation_id,
+            "tags": [doc.tag],
+            "summary": doc.summary,
+            "parameters": parameters,
+            "responses": {doc.ok: _response(doc.summary if doc.ok == "200" else "Done", doc.ok_schema, doc.ok_headers)},
+            **doc.extra,
+        }
+        if doc.body is not None:
+            statuses |= {"400", "413", "415"}
+            bodies.add(doc.body)
+            operation["requestBody"] = {
+                "required": doc.body_required,
+                "content": {media: {"schema": _ref(doc.body)} for media in doc.body_types},
+            }
+        if route.method == "HEAD":
+            # No body in any HEAD response.
+            operation["responses"] = {
+                code: {key: value for key, value in response.items() if key != "content"}
+                for code, response in {**operation["responses"], **{c: _problem(c) for c in statuses}}.items()
+            }
+        else:
+            operation["responses"].update({code: _problem(code) for code in sorted(statuses)})
+        paths.setdefault(path, {})[route.method.lower()] = operation
 
-    spec.path(
-        path="/health",
-        operations={
-            "get": {
-                "summary": "Service, database and tokenizer health",
-                "parameters": [request_id],
-                "responses": {
-                    **_ok("200", "Health", "Healthy"),
-                    "503": {
-                        "description": "Database unreachable: the health shape with status 'unavailable'",
-                        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
-                        "content": {"application/problem+json": {"schema": {"type": "object"}}},
-                    },
-                },
-            }
-        },
-    )
-    spec.path(
-        path="/openapi.json",
-        operations={"get": {"summary": "This document", "responses": _ok("200", None, "OpenAPI document")}},
-    )
-    spec.path(
-        path="/v1/contexts",
-        operations={
-            "post": {
-                "summary": "Create a context",
-                "parameters": [request_id],
-                "requestBody": _body("ContextCreate"),
-                "responses": {
-                    **_ok("201", "Context", "Created", {**location, **etag}),
-                    **_problems("400", "413", "415", "422", "503"),
-                },
-            },
-            "get": {
-                "summary": "List contexts, newest first (keyset pagination)",
-                "parameters": [request_id, *_query(c["ListContextsQuery"])],
-                "responses": {**_ok("200", "ContextPage", "A page", link), **_problems("400", "422", "503")},
-            },
-        },
-    )
-    spec.path(
-        path="/v1/contexts/{context_id}",
-        parameters=[context_id],
-        operations={
-            "get": {
-                "summary": "Get a context, optionally as of a version or time",
-                "parameters": [request_id, *_query(c["ContextQuery"])],
-                "responses": {**_ok("200", "Context", "The context", etag), **_problems("404", "422", "503")},
-            },
-            "head": {
-                "summary": "Does the context exist",
-                "parameters": [request_id, *_query(c["ContextQuery"])],
-                "responses": {
-                    "200": {"description": "It exists", "headers": etag},
-                    "404": {"description": _ERRORS["404"]},
-                },
-            },
-            "patch": {
-                "summary": "JSON merge patch (RFC 7396) of the metadata",
-                "parameters": [request_id],
-                "requestBody": _body("ContextPatch", ("application/json", "application/merge-patch+json")),
-                "responses": {
-                    **_ok("200", "Context", "Patched", etag),
-                    **_problems("400", "404", "413", "415", "422", "503"),
-                },
-            },
-            "delete": {
-                "summary": "Soft-delete; forks keep what they inherited",
-                "parameters": [request_id],
-                "responses": {"204": {"description": "Deleted"}, **_problems("404", "422", "503")},
-            },
-        },
-    )
-    spec.path(
-        path="/v1/contexts/{context_id}/messages",
-        parameters=[context_id],
-        operations={
-            "post": {
-                "summary": "Append 1..1000 messages, all or nothing",
-                "parameters": [request_id, if_match],
-                "requestBody": {**_body("AppendMessages"), "required": True},
-                "responses": {
-                    **_ok("201", "AppendResult", "Appended", etag),
-                    **_problems("400", "404", "412", "413", "415", "422", "503"),
-                },
-            },
-            "get": {
-                "summary": "A keyset page of messages",
-                "parameters": [request_id, *_query(c["ListMessagesQuery"])],
-                "responses": {
-                    **_ok("200", "MessagePage", "A page", {**link, **etag}),
-                    **_problems("404", "422", "503"),
-                },
-            },
-        },
-    )
-    spec.path(
-        path="/v1/contexts/{context_id}/messages/{version}",
-        parameters=[context_id, version],
-        operations={
-            "get": {
-                "summary": "One message by version",
-                "parameters": [request_id, *_query(c["MessageQuery"])],
-                "responses": {**_ok("200", "Message", "The message"), **_problems("404", "422", "503")},
-            }
-        },
-    )
-    spec.path(
-        path="/v1/contexts/{context_id}/window",
-        parameters=[context_id],
-        operations={
-            "get": {
-                "summary": "The most recent messages that fit max_tokens",
-                "parameters": [request_id, *_query(c["WindowQuery"])],
-                "responses": {**_ok("200", "Window", "The window", etag), **_problems("404", "422", "503")},
-            }
-        },
-    )
-    spec.path(
-        path="/v1/contexts/{context_id}/forks",
-        parameters=[context_id],
-        operations={
-            "post": {
-                "summary": "Fork at a version without copying a message",
-                "parameters": [request_id],
-                "requestBody": _body("ForkCreate"),
-                "responses": {
-                    **_ok("201", "Context", "The fork", {**location, **etag}),
-                    **_problems("400", "404", "413", "415", "422", "503"),
-                },
-            }
-        },
-    )
-    return spec.to_dict()
+    for name in sorted(bodies):  # nested schemas (MessageIn) register themselves
+        spec.components.schema(name, schema=schemas.classes[name])
+    for path, operations in paths.items():
+        spec.path(path=path, operations=operations)
+    document = spec.to_dict()
+    # The embedding's length is the deployment's, known only here.
+    embedding = document["components"]["schemas"]["Message"]["properties"]["embedding"]
+    embedding["description"] = f"{settings.embedding_dim} numbers; only with include=embedding (null when none)"
+    embedding["anyOf"] = [
+        {"type": "array", "items": {"type": "number"}, "minItems": settings.embedding_dim,
+         "maxItems": settings.embedding_dim},
+        {"type": "null"},
+    ]
+    embedding.pop("type", None)
+    embedding.pop("items", None)
+    return document
 
 
 class OpenApi:
-    """GET /openapi.json: built once, served as bytes."""
+    """GET /openapi.json: the document, built once from the app, served as bytes."""
 
-    def __init__(self, document: dict[str, Any]) -> None:
-        import orjson
+    def __init__(self, schemas: RequestSchemas) -> None:
+        self.schemas = schemas
+        self.data = b""
 
+    def publish(self, document: dict[str, Any]) -> None:
         self.data = orjson.dumps(document)
 
-    def on_get(self, req, resp) -> None:
-        resp.content_type = "application/json"
+    @operation("getOpenApi", tag="meta", summary="This document (OpenAPI 3.1)", ok="200", query="NoQuery")
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        load_query(self.schemas.no_query, req.params)
+        resp.content_type = JSON
         resp.data = self.data

@@ -1,6 +1,7 @@
-"""The JSON documents the API returns, built from query rows by hand (no
+"""Context documents and list cursors, built from store rows by hand (no
 marshmallow on the way out: it costs more than the database round trip).
-schemas.py describes the same documents for the OpenAPI document."""
+Message documents are built by PostgreSQL (cs_message_doc_v1).
+schemas/responses.py describes the documents for the OpenAPI document."""
 
 from __future__ import annotations
 
@@ -19,16 +20,10 @@ UTC = timezone.utc
 
 @lru_cache(maxsize=4096)
 def timestamp(value: datetime) -> str:
-    """RFC 3339 UTC with microseconds: 2026-01-01T00:00:00.000000Z.
+    """RFC 3339 UTC with microseconds: 2026-01-01T00:00:00.000000Z (cs_time_v1 in SQL).
 
-    Cached: every message of a batch shares its created_at, and a page or window
-    repeats them (formatting cost a third of building a window's response)."""
+    Cached: a page of contexts made in one burst repeats its timestamps."""
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-
-
-@lru_cache(maxsize=4096)
-def uuid_text(value: UUID) -> str:
-    return str(value)
 
 
 def context_doc(row: dict[str, Any]) -> dict[str, Any]:
@@ -43,23 +38,6 @@ def context_doc(row: dict[str, Any]) -> dict[str, Any]:
         "created_at": timestamp(row["created_at"]),
         "updated_at": timestamp(row["updated_at"]),
     }
-
-
-def message_doc(row: dict[str, Any], include_embedding: bool = False) -> dict[str, Any]:
-    doc = {
-        "context_id": uuid_text(row["context_id"]),
-        "version": row["version"],
-        "role": row["role"],
-        "content": row["content"],
-        "token_count": row["token_count"],
-        "metadata": row["metadata"],
-        "created_at": timestamp(row["created_at"]),
-    }
-    if include_embedding:
-        embedding = row["embedding"]
-        # pgvector's text form is a JSON array: pass it through unparsed.
-        doc["embedding"] = None if embedding is None else orjson.Fragment(embedding)
-    return doc
 
 
 def encode_cursor(created_at: datetime, context_id: UUID) -> str:

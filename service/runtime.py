@@ -18,16 +18,34 @@ from .config import Settings
 from .db import Database
 from .embedded import EmbeddedPostgres
 from .migrate import migrate
+from .queries import Store
 from .tokens import Tokenizer, load_tokenizer
 
 log = logging.getLogger("context_store")
 
 # Set in the master before fork; workers inherit them.
+_settings: Settings | None = None
 _embedded: EmbeddedPostgres | None = None
 _conninfo: str | None = None
 _tokenizer: Tokenizer | None = None
 # One per worker.
 _database: Database | None = None
+
+
+def settings() -> Settings:
+    """This process's settings, read from the environment once (by the CLI, or by
+    the first caller under a plain `gunicorn -c gunicorn.conf.py`); forked workers
+    inherit them."""
+    global _settings
+    if _settings is None:
+        _settings = Settings.from_env()
+    return _settings
+
+
+def use_settings(value: Settings) -> None:
+    """Adopt settings already read (the CLI reads and checks them before gunicorn starts)."""
+    global _settings
+    _settings = value
 
 
 def configure_logging(level: str) -> None:
@@ -82,13 +100,13 @@ def release_database() -> None:
 def worker_app() -> falcon.App:
     """Worker, after fork: the WSGI app with this worker's own pool."""
     global _database
-    settings = Settings.from_env()
-    configure_logging(settings.log_level)
-    conninfo = _conninfo or start_database(settings)
-    tokenizer = _tokenizer or load_tokenizer(settings.tokenizer_encoding)
-    _database = Database(settings, conninfo)
+    current = settings()
+    configure_logging(current.log_level)
+    conninfo = _conninfo or start_database(current)
+    tokenizer = _tokenizer or load_tokenizer(current.tokenizer_encoding)
+    _database = Database(current, conninfo)
     _database.open()
-    return create_app(settings, _database, tokenizer)
+    return create_app(current, Store.build(current, _database, tokenizer))
 
 
 def close_worker() -> None:

@@ -1,15 +1,17 @@
 """Named SQL statements, loaded once from `sql/queries/*.sql`.
 
-Each statement sits under a header naming it and saying what it returns, followed
-by a description (aiosql's convention)::
+Each statement sits under a header naming it, followed by a description, in
+aiosql's convention::
 
     -- name: get_context^
     -- Returns a live context.
     SELECT ...
 
-The suffix says how it runs: `^` one row or None, `*` all rows, `$` one value,
-`!` the row count. Parameters are `%(name)s` and bound by psycopg; no value ever
-enters SQL text.
+The name's suffix is aiosql's operator and says what running it returns: none
+for all rows, `^` one row or None, `$` one value, `!` the row count
+(insert/update/delete). aiosql's other operators (`<!`, `*!`, `#`) are not used
+here and are refused. Parameters are psycopg's `%(name)s`, bound by the driver;
+no value ever enters SQL text.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from psycopg.rows import dict_row
 
 from .paths import sql_dir
 
-_HEADER = re.compile(r"^-- name: (?P<name>[a-z_][a-z0-9_]*)(?P<kind>[\^*$!])\s*$")
-_KINDS = {"^": "one", "*": "all", "$": "value", "!": "rowcount"}
+_HEADER = re.compile(r"^-- name: (?P<name>[a-z_][a-z0-9_]*)(?P<kind>[\^$!]?)\s*$")
+_KINDS = {"": "all", "^": "one", "$": "value", "!": "rowcount"}
 
 
 class SqlFileError(ValueError):

@@ -27,6 +27,7 @@ from service.app import create_app  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.db import Database  # noqa: E402
 from service.migrate import migrate  # noqa: E402
+from service.queries import Store  # noqa: E402
 from service.tokens import load_tokenizer  # noqa: E402
 
 
@@ -136,8 +137,13 @@ def db(settings):
 
 
 @pytest.fixture
-def app(settings, db, tokenizer):
-    return create_app(settings, db, tokenizer)
+def store(settings, db, tokenizer) -> Store:
+    return Store.build(settings, db, tokenizer)
+
+
+@pytest.fixture
+def app(settings, store):
+    return create_app(settings, store)
 
 
 @pytest.fixture

@@ -2,89 +2,125 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
 
 import orjson
-from psycopg import Connection
 
+from ..db import Database
+from ..errors import Invalid, NotFound
 from ..ids import uuid7
 from ..sql import QUERIES
+
+Row = dict[str, Any]
 
 # Keyset start for newest-first listing: before every real (created_at, id).
 FIRST_PAGE = (datetime.max.replace(tzinfo=timezone.utc), UUID(int=(1 << 128) - 1))
 
 
-def create_context(conn: Connection, *, tenant: str, metadata: dict[str, Any]) -> dict[str, Any]:
-    return QUERIES.insert_context.run(conn, id=uuid7(), tenant=tenant, metadata=orjson.dumps(metadata).decode())
+def missing(context_id: UUID) -> NotFound:
+    return NotFound(f"Context {context_id} does not exist.")
 
 
-def get_context(
-    conn: Connection,
-    *,
-    tenant: str,
-    context_id: UUID,
-    as_of_version: int | None = None,
-    as_of: datetime | None = None,
-) -> dict[str, Any] | None:
-    """The context with view_version / view_tokens as of a version or time, or None."""
-    return QUERIES.get_context.run(
-        conn, id=context_id, tenant=tenant, as_of_version=as_of_version, as_of=as_of
-    )
+def check_view(row: Row, context_id: UUID) -> Row:
+    """A read's row when its status is 'ok'; NotFound or Invalid (as_of_version
+    past the head) as the statement reported."""
+    status = row["status"]
+    if status == "missing":
+        raise missing(context_id)
+    if status == "past_head":
+        raise Invalid.parameter("as_of_version", f"The version is past the head ({row['view_version']}).")
+    return row
 
 
-def get_head(conn: Connection, *, tenant: str, context_id: UUID) -> int | None:
-    """The head version of a live context, or None."""
-    row = QUERIES.get_head.run(conn, id=context_id, tenant=tenant)
-    return None if row is None else row["head_version"]
+@dataclass(frozen=True)
+class ContextPage:
+    rows: list[Row]
+    next_position: tuple[datetime, UUID] | None  # keyset position of the next page
 
 
-def list_contexts(
-    conn: Connection,
-    *,
-    tenant: str,
-    limit: int,
-    after: tuple[datetime, UUID] | None = None,
-    metadata: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """Up to limit contexts, newest first, after a keyset position."""
-    after_created_at, after_id = after or FIRST_PAGE
-    params = {"tenant": tenant, "limit": limit, "after_created_at": after_created_at, "after_id": after_id}
-    if metadata is None:
-        return QUERIES.list_contexts.run(conn, **params)
-    return QUERIES.list_contexts_by_metadata.run(conn, metadata=orjson.dumps(metadata).decode(), **params)
+class Contexts:
+    """Create, read, list, patch, delete and fork contexts of one tenant."""
 
+    def __init__(self, db: Database, *, max_metadata_bytes: int, max_lineage_depth: int) -> None:
+        self.db = db
+        self.max_metadata_bytes = max_metadata_bytes
+        self.max_lineage_depth = max_lineage_depth
 
-def patch_metadata(
-    conn: Connection, *, tenant: str, context_id: UUID, patch: dict[str, Any] | None
-) -> dict[str, Any] | None:
-    """Merge-patch the metadata (uncommitted: the caller's transaction decides);
-    the context with metadata_text, or None when it is missing."""
-    return QUERIES.patch_context_metadata.run(conn, id=context_id, tenant=tenant, patch=orjson.dumps(patch).decode())
+    def create(self, tenant: str, metadata: dict[str, Any]) -> Row:
+        with self.db.connection() as conn:
+            return QUERIES.insert_context.run(conn, id=uuid7(), tenant=tenant, metadata=orjson.dumps(metadata).decode())
 
+    def get(self, tenant: str, context_id: UUID, *, as_of_version: int | None = None,
+            as_of: datetime | None = None) -> Row:
+        """The context as of a version or a time: head_version and total_tokens are
+        those of the viewed version."""
+        with self.db.connection() as conn:
+            row = QUERIES.get_context.run(conn, id=context_id, tenant=tenant, as_of_version=as_of_version, as_of=as_of)
+        return check_view(row, context_id)
 
-def delete_context(conn: Connection, *, tenant: str, context_id: UUID) -> bool:
-    return QUERIES.delete_context.run(conn, id=context_id, tenant=tenant) == 1
+    def list(self, tenant: str, *, limit: int, after: tuple[datetime, UUID] | None = None,
+             metadata: dict[str, Any] | None = None) -> ContextPage:
+        """Up to limit live contexts, newest first, after a keyset position,
+        optionally only those whose metadata contains `metadata`."""
+        after_created_at, after_id = after or FIRST_PAGE
+        params = {"tenant": tenant, "limit": limit + 1, "after_created_at": after_created_at, "after_id": after_id}
+        with self.db.connection() as conn:
+            if metadata is None:
+                rows = QUERIES.list_contexts.run(conn, **params)
+            else:
+                rows = QUERIES.list_contexts_by_metadata.run(conn, metadata=orjson.dumps(metadata).decode(), **params)
+        if len(rows) <= limit:
+            return ContextPage(rows, None)
+        rows = rows[:limit]
+        return ContextPage(rows, (rows[-1]["created_at"], rows[-1]["id"]))
 
+    def patch(self, tenant: str, context_id: UUID, patch: dict[str, Any] | None) -> Row:
+        """Merge-patch (RFC 7396) the metadata; None empties it. Invalid, and
+        nothing changed, when the result would exceed the metadata limit."""
+        limit = self.max_metadata_bytes
+        with self.db.connection() as conn, conn.transaction():
+            row = QUERIES.patch_context_metadata.run(
+                conn, id=context_id, tenant=tenant, patch=orjson.dumps(patch).decode()
+            )
+            if row is None:
+                raise missing(context_id)
+            # Sized as at creation (compact JSON); raising rolls the patch back.
+            if len(orjson.dumps(orjson.loads(row["metadata_text"]))) > limit:
+                raise Invalid.pointer("/metadata", f"The patched metadata would exceed {limit} bytes.")
+        return row
 
-def fork_context(
-    conn: Connection,
-    *,
-    tenant: str,
-    parent_id: UUID,
-    at_version: int | None,
-    metadata: dict[str, Any] | None,
-    max_segments: int,
-) -> dict[str, Any] | None:
-    """The new fork, or None when the parent is missing, at_version is past its
-    head, or the lineage would exceed max_segments ancestor segments."""
-    return QUERIES.insert_fork.run(
-        conn,
-        id=uuid7(),
-        tenant=tenant,
-        parent_id=parent_id,
-        at_version=at_version,
-        metadata=None if metadata is None else orjson.dumps(metadata).decode(),
-        max_segments=max_segments,
-    )
+    def delete(self, tenant: str, context_id: UUID) -> None:
+        with self.db.connection() as conn:
+            deleted = QUERIES.delete_context.run(conn, id=context_id, tenant=tenant)
+        if deleted != 1:
+            raise missing(context_id)
+
+    def fork(self, tenant: str, context_id: UUID, *, at_version: int | None,
+             metadata: dict[str, Any] | None) -> Row:
+        """A new context reading the parent's view up to at_version (its head when
+        None), with metadata (a copy of the parent's when None)."""
+        with self.db.connection() as conn:
+            row = QUERIES.insert_fork.run(
+                conn,
+                id=uuid7(),
+                tenant=tenant,
+                parent_id=context_id,
+                at_version=at_version,
+                metadata=None if metadata is None else orjson.dumps(metadata).decode(),
+                max_segments=self.max_lineage_depth,
+            )
+        status = row["status"]
+        if status == "missing":
+            raise missing(context_id)
+        if status == "past_head":
+            raise Invalid.pointer("/at_version", f"Version {at_version} is past the head ({row['head_version']}).")
+        if status == "too_deep":
+            raise Invalid.pointer(
+                "",
+                f"The fork would read through more than {self.max_lineage_depth} ancestor segments "
+                "(MAX_LINEAGE_DEPTH); fork an earlier version or a shallower context.",
+            )
+        return row

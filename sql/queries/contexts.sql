@@ -7,27 +7,19 @@ RETURNING id, metadata, parent_id, fork_version, head_version, total_tokens,
           created_at, updated_at;
 
 -- name: get_context^
--- Returns a live context, with its head and token total as of a version or a time
--- (view_version, view_tokens; the head when neither is given). No row when the
--- context is missing, deleted or another tenant's.
-SELECT c.id, c.metadata, c.parent_id, c.fork_version, c.head_version, c.total_tokens,
-       c.created_at, c.updated_at, r.v AS view_version,
-       CASE WHEN r.v >= c.head_version THEN c.total_tokens
-            ELSE cs_cum_tokens(c.ancestor_ids, c.ancestor_ends, c.id, r.v) END AS view_tokens
-FROM contexts AS c
-CROSS JOIN LATERAL (
-    SELECT cs_view_version(c.ancestor_ids, c.ancestor_ends, c.id, c.head_version,
-                           %(as_of_version)s::bigint, %(as_of)s::timestamptz) AS v
-) AS r
-WHERE c.id = %(id)s AND c.tenant = %(tenant)s AND c.deleted_at IS NULL;
+-- A live context as of a version or a time. One row, always, with status as in
+-- cs_view_v1 (view_version, capped at the head, is the head when 'past_head');
+-- when 'ok', head_version and total_tokens are those of the viewed version (the
+-- head when neither as_of_version nor as_of is given).
+SELECT v.status, v.view_version, c.id, c.metadata, c.parent_id, c.fork_version,
+       v.view_version AS head_version,
+       CASE WHEN v.view_version >= v.head_version THEN v.total_tokens
+            ELSE cs_cum_tokens_v1(v.ids, v.ends, v.id, v.view_version) END AS total_tokens,
+       c.created_at, c.updated_at
+FROM cs_view_v1(%(id)s, %(tenant)s, %(as_of_version)s::bigint, %(as_of)s::timestamptz) AS v
+LEFT JOIN contexts AS c ON c.id = v.id;
 
--- name: get_head^
--- The head version of a live context (no row when missing, deleted or another
--- tenant's): tells why a conditional write wrote nothing (404, 412 or 422).
-SELECT head_version FROM contexts
-WHERE id = %(id)s AND tenant = %(tenant)s AND deleted_at IS NULL;
-
--- name: list_contexts*
+-- name: list_contexts
 -- A page of the tenant's live contexts, newest first, strictly after a keyset
 -- position (created_at, id); pass 'infinity' and the greatest uuid for the first page.
 SELECT id, metadata, parent_id, fork_version, head_version, total_tokens,
@@ -38,9 +30,11 @@ WHERE tenant = %(tenant)s AND deleted_at IS NULL
 ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s;
 
--- name: list_contexts_by_metadata*
+-- name: list_contexts_by_metadata
 -- The same page as list_contexts, restricted to contexts whose metadata contains
--- the given JSON object (jsonb @>).
+-- the given JSON object (jsonb @>). A statement of its own rather than an optional
+-- filter: prepared statements keep generic plans, and a generic plan of
+-- "filter IS NULL OR metadata @> filter" cannot use the metadata index.
 SELECT id, metadata, parent_id, fork_version, head_version, total_tokens,
        created_at, updated_at
 FROM contexts
@@ -58,7 +52,7 @@ LIMIT %(limit)s;
 -- the metadata. No row when the context is missing.
 UPDATE contexts
 SET metadata = CASE WHEN jsonb_typeof(%(patch)s::jsonb) = 'object'
-                    THEN cs_merge_patch(metadata, %(patch)s::jsonb) ELSE '{}'::jsonb END,
+                    THEN cs_merge_patch_v1(metadata, %(patch)s::jsonb) ELSE '{}'::jsonb END,
     updated_at = greatest(clock_timestamp(), updated_at)
 WHERE id = %(id)s AND tenant = %(tenant)s AND deleted_at IS NULL
 RETURNING id, metadata, metadata::text AS metadata_text, parent_id, fork_version,
@@ -73,9 +67,11 @@ WHERE id = %(id)s AND tenant = %(tenant)s AND deleted_at IS NULL;
 -- name: insert_fork^
 -- Forks a live context at a version (its head when at_version is null) without
 -- copying a message: one row holding the parent's lineage cut at that version.
--- No row when the parent is missing or deleted, the version is past its head, or
--- the fork would read through more than max_segments ancestor segments (every read
--- of a fork costs one index probe per segment).
+-- One row, always, saying how it went from the statement's one snapshot: status
+-- 'ok' with the new fork, 'missing' (no such live parent), 'past_head' (at_version
+-- beyond the parent's head, given as head_version) or 'too_deep' (the fork would
+-- read through more than max_segments ancestor segments: every read of a fork
+-- costs one index probe per segment). Nothing is written unless 'ok'.
 -- Deliberately no lock on the parent: under READ COMMITTED a row lock waited for
 -- re-reads the parent but not its messages, so head and token total could come
 -- from two moments. Everything here is read from the statement's one snapshot;
@@ -87,16 +83,27 @@ WITH parent AS (
 ), lineage AS (
     SELECT coalesce(array_agg(s.context_id ORDER BY s.lo), '{}') AS ids,
            coalesce(array_agg(s.hi ORDER BY s.lo), '{}') AS ends
-    FROM parent, cs_segments(parent.ancestor_ids, parent.ancestor_ends, parent.id, parent.at_v) AS s
+    FROM parent, cs_segments_v1(parent.ancestor_ids, parent.ancestor_ends, parent.id,
+                                least(parent.at_v, parent.head_version)) AS s
+), fork AS (
+    INSERT INTO contexts (id, tenant, root_id, parent_id, fork_version, ancestor_ids, ancestor_ends,
+                          head_version, total_tokens, metadata, created_at, updated_at)
+    SELECT %(id)s, p.tenant, p.root_id, p.id, p.at_v, l.ids, l.ends, p.at_v,
+           CASE WHEN p.at_v = p.head_version THEN p.total_tokens
+                ELSE cs_cum_tokens_v1(p.ancestor_ids, p.ancestor_ends, p.id, p.at_v) END,
+           coalesce(%(metadata)s::jsonb, p.metadata), t.at, t.at
+    FROM parent AS p, lineage AS l,
+         LATERAL (SELECT greatest(clock_timestamp(), p.updated_at) AS at) AS t
+    WHERE p.at_v <= p.head_version AND cardinality(l.ids) <= %(max_segments)s
+    RETURNING id, metadata, parent_id, fork_version, head_version, total_tokens,
+              created_at, updated_at
 )
-INSERT INTO contexts (id, tenant, root_id, parent_id, fork_version, ancestor_ids, ancestor_ends,
-                      head_version, total_tokens, metadata, created_at, updated_at)
-SELECT %(id)s, p.tenant, p.root_id, p.id, p.at_v, l.ids, l.ends, p.at_v,
-       CASE WHEN p.at_v = p.head_version THEN p.total_tokens
-            ELSE cs_cum_tokens(p.ancestor_ids, p.ancestor_ends, p.id, p.at_v) END,
-       coalesce(%(metadata)s::jsonb, p.metadata), t.at, t.at
-FROM parent AS p, lineage AS l,
-     LATERAL (SELECT greatest(clock_timestamp(), p.updated_at) AS at) AS t
-WHERE p.at_v <= p.head_version AND cardinality(l.ids) <= %(max_segments)s
-RETURNING id, metadata, parent_id, fork_version, head_version, total_tokens,
-          created_at, updated_at;
+SELECT CASE WHEN f.id IS NOT NULL THEN 'ok'
+            WHEN p.id IS NULL THEN 'missing'
+            WHEN p.at_v > p.head_version THEN 'past_head'
+            ELSE 'too_deep' END AS status,
+       coalesce(f.head_version, p.head_version) AS head_version,
+       f.id, f.metadata, f.parent_id, f.fork_version, f.total_tokens, f.created_at, f.updated_at
+FROM (SELECT) AS one
+LEFT JOIN parent AS p ON true
+LEFT JOIN fork AS f ON true;

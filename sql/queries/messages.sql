@@ -1,19 +1,29 @@
 -- name: insert_messages^
--- Appends a batch to a live context in one statement: the UPDATE takes the
--- context's row lock and moves its head, then the batch is inserted with gapless
--- versions head+1.. and running cum_tokens. Every message of the batch is stamped
--- with one time taken after the lock and never before the context's last change,
--- so created_at never decreases as versions grow. if_match (a list of versions,
--- or null for any) makes it conditional. No row when the context is missing,
--- deleted, or its head is not in if_match: nothing is written then.
+-- Appends a batch to a live context in one statement and says how it went:
+-- status 'ok' with the new head, the token total and the messages written (a JSON
+-- array in version order), or 'missing' (no such live context) or 'stale' (its
+-- head, given as head_version, is not in if_match) with no message written.
+-- The UPDATE takes the context's row lock and sees the row as the last committed
+-- append left it, so If-Match is checked against the current head and a 'stale'
+-- head is the current one. It is one UPDATE, not a locking read then an update: two
+-- row locks taken in one statement deadlock between concurrent appends. A stale
+-- append therefore still rewrites the row with its own values (a no-op version of
+-- it), which is the price of reporting the true head in the same round trip.
+-- Versions are gapless (head+1..), cum_tokens runs on from the head's total, and
+-- every message of the batch is stamped with one time taken after the lock and
+-- never before the context's last change, so created_at never decreases.
 WITH head AS (
-    UPDATE contexts
-    SET head_version = head_version + %(count)s,
-        total_tokens = total_tokens + %(batch_tokens)s,
-        updated_at = greatest(clock_timestamp(), updated_at)
-    WHERE id = %(context_id)s AND tenant = %(tenant)s AND deleted_at IS NULL
-      AND (%(if_match)s::bigint[] IS NULL OR head_version = ANY (%(if_match)s::bigint[]))
-    RETURNING id, head_version, total_tokens, updated_at
+    UPDATE contexts AS c
+    SET head_version = c.head_version + CASE WHEN c.head_version = ANY (w.versions) OR w.versions IS NULL
+                                             THEN %(count)s ELSE 0 END,
+        total_tokens = c.total_tokens + CASE WHEN c.head_version = ANY (w.versions) OR w.versions IS NULL
+                                             THEN %(batch_tokens)s ELSE 0 END,
+        updated_at = CASE WHEN c.head_version = ANY (w.versions) OR w.versions IS NULL
+                          THEN greatest(clock_timestamp(), c.updated_at) ELSE c.updated_at END
+    FROM (SELECT %(if_match)s::bigint[] AS versions) AS w
+    WHERE c.id = %(context_id)s AND c.tenant = %(tenant)s AND c.deleted_at IS NULL
+    RETURNING c.id, new.head_version, new.total_tokens, new.updated_at,
+              new.head_version <> old.head_version AS ok
 ), inserted AS (
     INSERT INTO messages (context_id, version, role, content, token_count, cum_tokens,
                           embedding, metadata, created_at)
@@ -24,55 +34,64 @@ WITH head AS (
          unnest(%(roles)s::text[], %(contents)s::text[], %(token_counts)s::integer[],
                 %(embeddings)s::text[], %(metadata)s::text[])
              WITH ORDINALITY AS b (role, content, token_count, embedding, metadata, ord)
+    WHERE head.ok
+    RETURNING *
 )
-SELECT head_version, total_tokens, updated_at AS created_at FROM head;
+SELECT CASE WHEN h.id IS NULL THEN 'missing' WHEN h.ok THEN 'ok' ELSE 'stale' END AS status,
+       h.head_version, h.total_tokens,
+       (SELECT json_agg(cs_message_doc_v1(i, false) ORDER BY i.version) FROM inserted AS i) AS data
+FROM (SELECT) AS one
+LEFT JOIN head AS h ON true;
 
--- name: get_message*
--- One message of a live context's view by version: one row per context found,
--- with message columns null when the version is not in the view.
-SELECT c.head_version, m.context_id, m.version, m.role, m.content, m.token_count,
-       m.metadata, m.created_at,
-       CASE WHEN %(include_embedding)s::boolean THEN m.embedding::text END AS embedding
-FROM contexts AS c
-LEFT JOIN LATERAL cs_message(c.ancestor_ids, c.ancestor_ends, c.id, c.head_version,
-                             %(version)s::bigint) AS m ON true
-WHERE c.id = %(context_id)s AND c.tenant = %(tenant)s AND c.deleted_at IS NULL;
+-- name: get_message^
+-- One message of a live context's view by version, as the API's JSON document.
+-- One row, always: status 'ok', 'missing' (no such live context) or 'no_version'
+-- (the version is past the head; head_version says where the head is).
+SELECT CASE WHEN v.status <> 'ok' THEN v.status
+            WHEN m.version IS NULL THEN 'no_version' ELSE 'ok' END AS status,
+       v.head_version, cs_message_doc_v1(m, %(include_embedding)s::boolean) AS doc
+FROM cs_view_v1(%(context_id)s, %(tenant)s, NULL, NULL) AS v
+LEFT JOIN LATERAL cs_message_v1(v.ids, v.ends, v.id, v.head_version, %(version)s::bigint) AS m ON true;
 
--- name: list_messages_asc*
--- A keyset page of a live context's view in ascending version order: up to limit
--- messages after version after, as of a version or time. Versions have no gaps,
--- so the page is the range after+1 .. after+limit, capped at the view's last.
--- One row per message, or one row with null message columns when the page is
--- empty; no row when the context is missing. view_version is the requested version, before capping at head.
-SELECT ctx.head_version, ctx.view_version, m.context_id, m.version, m.role, m.content,
-       m.token_count, m.metadata, m.created_at,
-       CASE WHEN %(include_embedding)s::boolean THEN m.embedding::text END AS embedding
-FROM cs_view(%(context_id)s, %(tenant)s, %(as_of_version)s::bigint, %(as_of)s::timestamptz) AS ctx
-LEFT JOIN LATERAL cs_range(ctx.ids, ctx.ends, ctx.id, %(after)s::bigint + 1,
-                           least(ctx.view_version, ctx.head_version, %(before)s::bigint - 1,
-                                 %(after)s::bigint + %(limit)s::integer)) AS m ON true
-ORDER BY m.version;
-
--- name: list_messages_desc*
--- The same page as list_messages_asc in descending version order: up to limit
--- messages before version before (and after version after).
-SELECT ctx.head_version, ctx.view_version, m.context_id, m.version, m.role, m.content,
-       m.token_count, m.metadata, m.created_at,
-       CASE WHEN %(include_embedding)s::boolean THEN m.embedding::text END AS embedding
-FROM cs_view(%(context_id)s, %(tenant)s, %(as_of_version)s::bigint, %(as_of)s::timestamptz) AS ctx
+-- name: list_messages_asc^
+-- A keyset page of a live context's view in ascending version order, as of a
+-- version or a time: the messages after version `after` and before version
+-- `before`, at most `limit` of them, as a JSON array. Versions have no gaps, so the
+-- page is the range after+1 .. min(view, before-1, after+limit), and whether more
+-- follow is arithmetic on the same numbers. One row, always, with status as in
+-- cs_view_v1; last_version is the page's last version (null when it is empty).
+SELECT v.status, v.view_version,
+       coalesce((SELECT json_agg(cs_message_doc_v1(m, %(include_embedding)s::boolean) ORDER BY m.version)
+                 FROM cs_range_v1(v.ids, v.ends, v.id, p.first, p.last) AS m), '[]'::json) AS data,
+       p.last < p.bound AS has_more,
+       CASE WHEN p.last >= p.first THEN p.last END AS last_version
+FROM cs_view_v1(%(context_id)s, %(tenant)s, %(as_of_version)s::bigint, %(as_of)s::timestamptz) AS v
 CROSS JOIN LATERAL (
-    SELECT least(ctx.view_version, ctx.head_version, %(before)s::bigint - 1) AS last
-) AS page
-LEFT JOIN LATERAL cs_range(ctx.ids, ctx.ends, ctx.id,
-                           greatest(%(after)s::bigint + 1, page.last - %(limit)s::integer + 1),
-                           page.last) AS m ON true
-ORDER BY m.version DESC;
+    SELECT %(after)s::bigint + 1 AS first,
+           least(v.view_version, %(before)s::bigint - 1) AS bound,
+           least(v.view_version, %(before)s::bigint - 1, %(after)s::bigint + %(limit)s::integer) AS last
+) AS p;
 
--- name: get_window*
--- The token window of a live context's view (see cs_window in 0002_lineage.sql):
--- rows as in list_messages_asc, in version order.
-SELECT w.head_version, w.view_version, w.context_id, w.version, w.role, w.content,
-       w.token_count, w.metadata, w.created_at, NULL::text AS embedding
-FROM cs_window(%(context_id)s, %(tenant)s, %(as_of_version)s::bigint, %(as_of)s::timestamptz,
-               %(max_tokens)s::bigint, %(pin_system)s::boolean) AS w
-ORDER BY w.version;
+-- name: list_messages_desc^
+-- The same page as list_messages_asc in descending version order: at most `limit`
+-- messages before version `before` (and after version `after`), newest first;
+-- last_version is the oldest version returned.
+SELECT v.status, v.view_version,
+       coalesce((SELECT json_agg(cs_message_doc_v1(m, %(include_embedding)s::boolean) ORDER BY m.version DESC)
+                 FROM cs_range_v1(v.ids, v.ends, v.id, p.first, p.top) AS m), '[]'::json) AS data,
+       p.first > p.bound AS has_more,
+       CASE WHEN p.top >= p.first THEN p.first END AS last_version
+FROM cs_view_v1(%(context_id)s, %(tenant)s, %(as_of_version)s::bigint, %(as_of)s::timestamptz) AS v
+CROSS JOIN LATERAL (
+    SELECT %(after)s::bigint + 1 AS bound,
+           least(v.view_version, %(before)s::bigint - 1) AS top,
+           greatest(%(after)s::bigint + 1,
+                    least(v.view_version, %(before)s::bigint - 1) - %(limit)s::integer + 1) AS first
+) AS p;
+
+-- name: get_window^
+-- The token window of a live context's view (cs_window_v1): one row with status,
+-- the viewed version, the messages as a JSON array and the window's summary.
+SELECT status, view_version, data, token_count, from_version, to_version, truncated
+FROM cs_window_v1(%(context_id)s, %(tenant)s, %(as_of_version)s::bigint, %(as_of)s::timestamptz,
+                  %(max_tokens)s::bigint, %(pin_system)s::boolean);

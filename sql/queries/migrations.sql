@@ -15,7 +15,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 
--- name: list_migrations*
+-- name: list_migrations
 -- Every applied migration with its checksum, in order.
 SELECT version, name, checksum FROM schema_migrations ORDER BY version;
 

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 import webtest
 
+from service.queries import Store
 import service.app
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "instance"}
@@ -183,7 +184,7 @@ def test_json_content_type_with_parameters_or_other_case_is_accepted(client):
 @pytest.fixture
 def small_client(settings, db, tokenizer):
     small = dataclasses.replace(settings, max_body_bytes=2048)
-    return webtest.TestApp(service.app.create_app(small, db, tokenizer))
+    return webtest.TestApp(service.app.create_app(small, Store.build(small, db, tokenizer)))
 
 
 def padded(size: int) -> bytes:
@@ -219,7 +220,7 @@ def test_body_exactly_at_the_limit_is_accepted(small_client):
 
 def test_body_limit_is_checked_before_the_body_is_read(settings, db, tokenizer):
     small = dataclasses.replace(settings, max_body_bytes=2048)
-    wsgi_app = service.app.create_app(small, db, tokenizer)
+    wsgi_app = service.app.create_app(small, Store.build(small, db, tokenizer))
 
     class Untouchable(io.RawIOBase):
         def read(self, *args):

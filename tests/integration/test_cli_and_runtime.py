@@ -14,6 +14,7 @@ from psycopg import errors as pg_errors
 from support import database_url
 
 import service
+from service.queries import Store
 from service import config, runtime
 from service.__main__ import main
 from service.app import create_app
@@ -86,12 +87,12 @@ def test_version_command_ignores_bad_configuration(monkeypatch, capsys):
 def test_migrate_command_applies_then_reports_up_to_date(monkeypatch, capsys, empty_url):
     monkeypatch.setenv("DATABASE_URL", empty_url)
     assert main(["migrate"]) == 0
-    assert capsys.readouterr().out == "applied: 0001_init, 0002_lineage\n"
-    assert _schema_versions(empty_url) == [1, 2]
+    assert capsys.readouterr().out == "applied: 0001_init, 0002_lineage, 0003_versioned_reads\n"
+    assert _schema_versions(empty_url) == [1, 2, 3]
 
     assert main(["migrate"]) == 0
     assert capsys.readouterr().out == "migrations: up to date\n"
-    assert _schema_versions(empty_url) == [1, 2]
+    assert _schema_versions(empty_url) == [1, 2, 3]
 
 
 @pytest.mark.parametrize("command", ["serve", "migrate"])
@@ -118,7 +119,7 @@ def test_an_unknown_command_is_a_usage_error(capsys):
 
 def test_prepare_database_with_a_url_migrates_it(empty_url):
     assert runtime.prepare_database(Settings(database_url=empty_url)) == empty_url
-    assert _schema_versions(empty_url) == [1, 2]
+    assert _schema_versions(empty_url) == [1, 2, 3]
     assert runtime._embedded is None
 
 
@@ -176,16 +177,17 @@ def test_connection_raises_unavailable_when_the_pool_cannot_connect(unreachable_
 def test_health_answers_503_with_retry_after_when_the_database_is_unreachable(
     unreachable_settings, unreachable_db, tokenizer
 ):
-    client = webtest.TestApp(create_app(unreachable_settings, unreachable_db, tokenizer))
+    store = Store.build(unreachable_settings, unreachable_db, tokenizer)
+    client = webtest.TestApp(create_app(unreachable_settings, store))
     resp = client.get("/health", status=503)
     assert resp.headers["Retry-After"] == "7"
-    assert resp.content_type == "application/problem+json"
+    # API.md: the health shape as application/json, not a problem document.
+    assert resp.content_type == "application/json"
     body = resp.json
     assert body["status"] == "unavailable"
     assert body["database"] == {"status": "unavailable"}
-    assert body["type"] == "/problems/service-unavailable"
-    assert body["instance"] == "/health"
-    assert body["detail"]
+    assert body["auth"] == "disabled"
+    assert body["tokenizer"] == tokenizer.name
 
 
 def test_a_statement_timeout_maps_to_unavailable(conninfo):

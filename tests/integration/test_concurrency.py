@@ -14,6 +14,7 @@ from typing import Any, Callable
 import pytest
 import webtest
 
+from service.queries import Store
 from service.app import create_app
 from service.db import Database
 
@@ -27,7 +28,7 @@ def wide_app(settings, tokenizer):
     database = Database(wide, wide.database_url)
     database.pool.open(wait=True)
     try:
-        yield create_app(wide, database, tokenizer)
+        yield create_app(wide, Store.build(wide, database, tokenizer))
     finally:
         database.close()
 

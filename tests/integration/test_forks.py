@@ -586,8 +586,10 @@ def test_a_fork_deeper_than_the_lineage_limit_is_refused_and_writes_nothing(sett
     import webtest
 
     from service.app import create_app
+    from service.queries import Store
 
-    app = webtest.TestApp(create_app(dataclasses.replace(settings, max_lineage_depth=2), db, tokenizer))
+    shallow = dataclasses.replace(settings, max_lineage_depth=2)
+    app = webtest.TestApp(create_app(shallow, Store.build(shallow, db, tokenizer)))
     cid = app.post_json("/v1/contexts", {}, status=201).json["id"]
     chain = [cid]
     for _ in range(2):  # each level appends, so each adds a segment

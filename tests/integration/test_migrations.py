@@ -17,7 +17,7 @@ from service.ids import uuid7
 from service.migrate import LOCK_KEY, MigrationError, discover, migrate
 from service.paths import sql_dir
 
-NAMES = ["0001_init", "0002_lineage"]
+NAMES = ["0001_init", "0002_lineage", "0003_versioned_reads"]
 
 
 def _recorded(url: str) -> list[tuple[int, str, str]]:
@@ -88,7 +88,7 @@ def test_concurrent_runners_both_succeed_and_apply_each_file_once(empty_database
         counts = conn.execute(
             "SELECT version, count(*) FROM schema_migrations GROUP BY version ORDER BY version"
         ).fetchall()
-    assert counts == [(1, 1), (2, 1)]
+    assert counts == [(version, 1) for version in range(1, len(NAMES) + 1)]
 
 
 def test_concurrent_runners_without_coordination_both_succeed(empty_database):
@@ -96,7 +96,7 @@ def test_concurrent_runners_without_coordination_both_succeed(empty_database):
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(lambda _: migrate(url), range(2)))
     assert sorted(results, key=len) == [[], NAMES]
-    assert [row[:2] for row in _recorded(url)] == [(1, "0001_init"), (2, "0002_lineage")]
+    assert [row[:2] for row in _recorded(url)] == list(enumerate(NAMES, start=1))
 
 
 def test_migrate_releases_its_lock_when_done(empty_database):
@@ -119,25 +119,25 @@ def test_a_migration_edited_after_it_was_applied_is_refused_by_name(empty_databa
     assert migrate(empty_database.url, folder=migrations_copy) == NAMES
     path = migrations_copy / "0001_init.sql"
     path.write_text(path.read_text(encoding="utf-8") + "\n-- an afterthought\n", encoding="utf-8")
-    (migrations_copy / "0003_later.sql").write_text("CREATE TABLE later (id int);\n", encoding="utf-8")
+    (migrations_copy / "0099_later.sql").write_text("CREATE TABLE later (id int);\n", encoding="utf-8")
     with pytest.raises(MigrationError, match=r"0001_init.*edited") as info:
         migrate(empty_database.url, folder=migrations_copy)
     assert "0002_lineage" not in str(info.value)
     # Nothing after the refusal was applied.
     assert not _exists(empty_database.url, "later")
-    assert [row[0] for row in _recorded(empty_database.url)] == [1, 2]
+    assert [row[0] for row in _recorded(empty_database.url)] == list(range(1, len(NAMES) + 1))
 
 
 def test_a_new_migration_file_is_applied_on_the_next_run(empty_database, migrations_copy):
     migrate(empty_database.url, folder=migrations_copy)
-    (migrations_copy / "0003_extra.sql").write_text("CREATE TABLE extra (id int);\n", encoding="utf-8")
-    assert migrate(empty_database.url, folder=migrations_copy) == ["0003_extra"]
+    (migrations_copy / "0099_extra.sql").write_text("CREATE TABLE extra (id int);\n", encoding="utf-8")
+    assert migrate(empty_database.url, folder=migrations_copy) == ["0099_extra"]
     assert _exists(empty_database.url, "extra")
-    assert [row[1] for row in _recorded(empty_database.url)] == [*NAMES, "0003_extra"]
+    assert [row[1] for row in _recorded(empty_database.url)] == [*NAMES, "0099_extra"]
 
 
 def test_a_failing_migration_is_rolled_back_and_not_recorded(empty_database, migrations_copy):
-    (migrations_copy / "0003_broken.sql").write_text(
+    (migrations_copy / "0099_broken.sql").write_text(
         "CREATE TABLE half_done (id int);\nSELECT no_such_column FROM half_done;\n", encoding="utf-8"
     )
     with pytest.raises(psycopg.Error):
@@ -165,7 +165,7 @@ def test_two_files_with_one_version_are_refused(tmp_path):
 def test_discover_ignores_files_that_are_not_sql(migrations_copy):
     (migrations_copy / "README.md").write_text("notes\n", encoding="utf-8")
     assert [m.name for m in discover(migrations_copy)] == NAMES
-    assert [m.version for m in discover(migrations_copy)] == [1, 2]
+    assert [m.version for m in discover(migrations_copy)] == list(range(1, len(NAMES) + 1))
 
 
 # --- constraints --------------------------------------------------------------

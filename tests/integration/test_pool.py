@@ -10,7 +10,7 @@ import pytest
 
 from service.db import Database
 from service.errors import Unavailable
-from service.queries import health
+from service.sql import QUERIES
 
 
 def _terminate_pool_connections(conninfo: str) -> int:
@@ -32,10 +32,10 @@ def test_an_idle_connection_is_checked_and_replaced_before_a_request_sees_it(set
     database = _database(settings, pool_check_idle=0.0)
     try:
         with database.connection() as conn:
-            health.ping(conn)
+            QUERIES.ping.run(conn)
         assert _terminate_pool_connections(settings.database_url) == 1
         with database.connection() as conn:  # the check finds it dead; the pool lends a new one
-            health.ping(conn)
+            QUERIES.ping.run(conn)
     finally:
         database.close()
 
@@ -44,13 +44,13 @@ def test_a_connection_returned_a_moment_ago_is_lent_without_a_check(settings):
     database = _database(settings, pool_check_idle=3600.0)
     try:
         with database.connection() as conn:
-            health.ping(conn)
+            QUERIES.ping.run(conn)
         assert _terminate_pool_connections(settings.database_url) == 1
         with pytest.raises(Unavailable):  # no check: the request meets the broken connection
             with database.connection() as conn:
-                health.ping(conn)
+                QUERIES.ping.run(conn)
         with database.connection() as conn:  # the pool replaced it
-            health.ping(conn)
+            QUERIES.ping.run(conn)
     finally:
         database.close()
 

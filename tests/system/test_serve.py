@@ -128,7 +128,7 @@ def test_database_outage_gives_503_then_recovers_without_restart(served):
     _pg_ctl(pgdata, "stop", "-m", "fast")
     status, headers, body = _get(f"{base}/health")
     assert status == 503
-    assert headers["Content-Type"] == "application/problem+json"
+    assert headers["Content-Type"] == "application/json"  # the health shape, per API.md
     assert int(headers["Retry-After"]) >= 1
     assert orjson.loads(body)["status"] == "unavailable"
     status, headers, body = _get(f"{base}/v1/contexts")

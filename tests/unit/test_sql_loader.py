@@ -13,7 +13,7 @@ GOOD = """
 -- or none.
 SELECT * FROM t WHERE id = %(id)s;
 
--- name: get_all*
+-- name: get_all
 -- Returns every row.
 SELECT *
 FROM t
@@ -78,7 +78,7 @@ def test_text_before_the_first_header_is_refused(text):
 @pytest.mark.parametrize(
     "header",
     [
-        "-- name: no_suffix",
+        "-- name: aiosql_many*",
         "-- name: BadCase^",
         "-- name: bad-name^",
         "-- name: 1starts_with_digit^",
@@ -165,7 +165,7 @@ def test_an_unknown_statement_name_raises_attribute_error():
 
 def test_queries_reads_only_sql_files_of_the_folder(tmp_path):
     (tmp_path / "a.sql").write_text("-- name: first$\n-- One.\nSELECT 1;\n", encoding="utf-8")
-    (tmp_path / "b.sql").write_text("-- name: second*\n-- Two.\nSELECT 2;\n", encoding="utf-8")
+    (tmp_path / "b.sql").write_text("-- name: second\n-- Two.\nSELECT 2;\n", encoding="utf-8")
     (tmp_path / "notes.txt").write_text("-- name: ignored$\n-- No.\nSELECT 3;\n", encoding="utf-8")
     queries = Queries(tmp_path)
     assert queries.names() == ["first", "second"]

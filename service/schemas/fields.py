@@ -1,0 +1,138 @@
+"""marshmallow fields that accept exactly the JSON the API documents: no strings
+for numbers, no booleans for integers, byte limits measured in UTF-8."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from marshmallow import ValidationError, fields
+
+from ..jsonvalues import NUL_MESSAGE, metadata_problem, parse_json
+from ..limits import FLOAT32_MAX, MAX_VERSION
+
+_NUMBER_TYPES = {int, float}  # exact types: bool is an int subclass and is refused
+
+
+class StrictInteger(fields.Integer):
+    """A JSON integer: no strings, booleans or fractional numbers."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class StrictString(fields.String):
+    """A JSON string without U+0000, at most max_bytes of UTF-8."""
+
+    def __init__(self, *, max_bytes: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.max_bytes = max_bytes
+        # JSON Schema counts characters; every character is at least one byte.
+        self.metadata.setdefault("maxLength", max_bytes)
+        self.metadata.setdefault("pattern", "^[^\\u0000]*$")
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str):
+            raise self.make_error("invalid")
+        if "\x00" in value:
+            raise ValidationError(NUL_MESSAGE)
+        # A str of n code points is at most 4n bytes: encode only when it might be over.
+        if len(value) * 4 > self.max_bytes and len(value.encode("utf-8")) > self.max_bytes:
+            raise ValidationError(f"Longer than {self.max_bytes} bytes of UTF-8.")
+        return value
+
+
+class JsonObject(fields.Dict):
+    """Metadata: a JSON object within the deployment's limits (jsonvalues.metadata_problem)."""
+
+    def __init__(self, *, max_bytes: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.max_bytes = max_bytes
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        problem = metadata_problem(value, self.max_bytes)
+        if problem is not None:
+            raise ValidationError(problem)
+        return value
+
+
+class JsonObjectText(fields.String):
+    """A query parameter holding metadata as URL-encoded JSON: parsed here (400
+    when it is not JSON at all), then held to the same rules as a body's metadata."""
+
+    def __init__(self, *, max_bytes: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.max_bytes = max_bytes
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        parsed = parse_json(text, f"{attr} parameter")
+        problem = metadata_problem(parsed, self.max_bytes)
+        if problem is not None:
+            raise ValidationError(problem)
+        return parsed
+
+
+class Embedding(fields.List):
+    """A list of exactly `dimension` finite numbers that fit a float4."""
+
+    def __init__(self, *, dimension: int, **kwargs) -> None:
+        super().__init__(
+            fields.Float(metadata={"minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}),
+            **kwargs,
+        )
+        self.dimension = dimension
+        self.metadata.setdefault("minItems", dimension)
+        self.metadata.setdefault("maxItems", dimension)
+        self.metadata.setdefault("description", f"exactly {dimension} finite numbers (32-bit floats)")
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, list):
+            raise ValidationError("Not a list of numbers.")
+        if len(value) != self.dimension:
+            raise ValidationError(f"Expected {self.dimension} dimensions, got {len(value)}.")
+        # Checked at C speed (a batch can hold 250 x 1536 numbers); only a bad list
+        # is walked in Python, to name its first bad item.
+        if not set(map(type, value)) <= _NUMBER_TYPES:
+            index = next(i for i, item in enumerate(value) if type(item) not in _NUMBER_TYPES)
+            raise ValidationError(f"Item {index} is not a number.")
+        if max(map(abs, value), default=0) > FLOAT32_MAX or any(map(math.isnan, value)):
+            index = next(i for i, item in enumerate(value) if not abs(item) <= FLOAT32_MAX)
+            raise ValidationError(f"Item {index} is not a finite 32-bit float.")
+        return value
+
+
+class Timestamp(fields.AwareDateTime):
+    """An RFC 3339 timestamp with an offset; a '+' that arrived as a space is forgiven."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(format="iso", **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str):
+            value = value.replace(" ", "+")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+class VersionCursor(fields.String):
+    """A version given as a string of digits: what next_cursor holds, passed back as
+    `after` or `before` exactly as it came."""
+
+    def __init__(self, *, minimum: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.minimum = minimum
+        self.metadata.setdefault("pattern", "^[0-9]{1,19}$")
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not _DIGITS.fullmatch(text):
+            raise ValidationError("Not a version: expected a next_cursor, a string of digits.")
+        version = int(text)
+        if not self.minimum <= version <= MAX_VERSION:
+            raise ValidationError(f"Must be between {self.minimum} and {MAX_VERSION}.")
+        return version
