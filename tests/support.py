@@ -47,17 +47,27 @@ def check_window_summary(got: dict[str, Any], want: list[Msg], view_length: int,
     assert got["truncated"] is (len(want) < view_length)
 
 
-def problem(resp, status: int) -> dict[str, Any]:
-    """The problem document of an error response, checked for its common shape
-    (test_errors.py holds `instance` to its exact encoded form; here any spelling)."""
-    assert resp.status_int == status, resp.body
+PROBLEM_KEYS = {"type", "title", "status", "detail", "instance"}
+SLUG = re.compile(r"^/problems/[a-z0-9]+(-[a-z0-9]+)*$")
+
+
+def problem(resp, status: int, path: str | None = None) -> dict[str, Any]:
+    """The response is an RFC 9457 problem document for `status`: its document.
+    `instance` is the request's path, exactly `path` when given (its encoded form),
+    else in any spelling of the request's path; never with the query string."""
+    assert resp.status_int == status, (resp.status, resp.body[:300])
     assert resp.content_type == "application/problem+json"
     doc = resp.json
-    assert doc["status"] == status
-    assert doc["type"].startswith("/problems/")
+    assert PROBLEM_KEYS <= set(doc), doc
+    assert SLUG.match(doc["type"]), doc["type"]
     assert isinstance(doc["title"], str) and doc["title"]
+    assert type(doc["status"]) is int and doc["status"] == status
     assert isinstance(doc["detail"], str) and doc["detail"]
-    assert unquote(doc["instance"]) == unquote(urlsplit(resp.request.url).path)
+    if path is not None:
+        assert doc["instance"] == path
+    else:
+        assert unquote(doc["instance"]) == unquote(urlsplit(resp.request.url).path)
+    assert "?" not in doc["instance"]
     return doc
 
 

@@ -13,11 +13,10 @@ from urllib.parse import urlsplit
 import pytest
 import webtest
 
-from service.queries import Store
 import service.app
+from service.queries import Store
+from support import problem
 
-PROBLEM_KEYS = {"type", "title", "status", "detail", "instance"}
-SLUG = re.compile(r"^/problems/[a-z0-9]+(-[a-z0-9]+)*$")
 SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -28,21 +27,6 @@ def create(client, metadata=None) -> str:
 def append(client, cid, n=1) -> None:
     messages = [{"role": "user", "content": f"m{i}", "token_count": 1} for i in range(n)]
     client.post_json(f"/v1/contexts/{cid}/messages", {"messages": messages}, status=201)
-
-
-def assert_problem(resp, status: int, path: str | None = None) -> dict:
-    """The response is an RFC 9457 problem document for `status` at `path`."""
-    assert resp.status_int == status, (resp.status, resp.body[:300])
-    assert resp.content_type == "application/problem+json"
-    doc = json.loads(resp.body)
-    assert PROBLEM_KEYS <= set(doc), doc
-    assert SLUG.match(doc["type"]), doc["type"]
-    assert isinstance(doc["title"], str) and doc["title"]
-    assert type(doc["status"]) is int and doc["status"] == status
-    assert isinstance(doc["detail"], str) and doc["detail"]
-    assert doc["instance"] == (path if path is not None else urlsplit(resp.request.url).path)
-    assert "?" not in doc["instance"]
-    return doc
 
 
 def raw(client, method: str, url: str, body: bytes, content_type: str | None = "application/json", headers=None):
@@ -78,19 +62,19 @@ def test_every_kind_of_error_is_a_problem_document_with_instance_the_path(client
          f"/v1/contexts/{cid}/messages", "/problems/precondition-failed"),
     ]
     for resp, status, path, slug in cases:
-        doc = assert_problem(resp, status, path)
+        doc = problem(resp, status, path)
         if slug is not None:
             assert doc["type"] == slug, doc
 
 
 def test_validation_errors_list_where_each_error_is(client):
-    doc = assert_problem(client.get("/v1/contexts?limit=abc", expect_errors=True), 422)
+    doc = problem(client.get("/v1/contexts?limit=abc", expect_errors=True), 422)
     assert doc["errors"] == [{"parameter": "limit", "detail": doc["errors"][0]["detail"]}]
     assert isinstance(doc["errors"][0]["detail"], str) and doc["errors"][0]["detail"]
 
     cid = create(client)
     body = {"messages": [{"role": "user", "content": "x"}, {"role": "x", "content": 1}]}
-    doc = assert_problem(client.post_json(f"/v1/contexts/{cid}/messages", body, expect_errors=True), 422)
+    doc = problem(client.post_json(f"/v1/contexts/{cid}/messages", body, expect_errors=True), 422)
     pointers = sorted(e["pointer"] for e in doc["errors"])
     assert pointers == ["/messages/1/content", "/messages/1/role"]
     assert all(isinstance(e["detail"], str) and e["detail"] for e in doc["errors"])
@@ -98,13 +82,13 @@ def test_validation_errors_list_where_each_error_is(client):
 
 def test_problem_instance_is_the_path_as_a_uri_reference(client):
     # RFC 9457: instance is a URI reference, so a percent-encoded path stays encoded.
-    doc = assert_problem(client.get("/v1/contexts/a%20b", expect_errors=True), 404, "/v1/contexts/a%20b")
+    doc = problem(client.get("/v1/contexts/a%20b", expect_errors=True), 404, "/v1/contexts/a%20b")
     assert " " not in doc["instance"]
 
 
 def test_unknown_paths_are_404(client):
     for path in ("/", "/v1", "/v2/contexts", "/v1/unknown", f"/v1/contexts/{uuid.uuid4()}/nothing"):
-        doc = assert_problem(client.get(path, expect_errors=True), 404, path)
+        doc = problem(client.get(path, expect_errors=True), 404, path)
         assert doc["type"] == "/problems/not-found"
 
 
@@ -121,7 +105,7 @@ def test_wrong_method_is_405_with_allow(client):
     ]
     for method, path, allowed in cases:
         resp = getattr(client, method)(path, expect_errors=True)
-        assert_problem(resp, 405, path)
+        problem(resp, 405, path)
         allow = {m.strip().upper() for m in resp.headers["Allow"].split(",")}
         assert allowed <= allow, (method, path, allow)
         assert method.upper() not in allow
@@ -143,7 +127,7 @@ def test_body_that_is_not_json_is_400_malformed_json(client, postgresql):
     cid = create(client)
     for method, path in body_targets(cid):
         for body in (b"{", b"{'a': 1}", b'{"metadata": }', b"nul", b"\xff\xfe", b'{"a": 1} x'):
-            doc = assert_problem(raw(client, method, path, body), 400, path)
+            doc = problem(raw(client, method, path, body), 400, path)
             assert doc["type"] == "/problems/malformed-json"
     assert postgresql.execute("select count(*) from contexts").fetchone()[0] == 1
     assert postgresql.execute("select count(*) from messages").fetchone()[0] == 0
@@ -153,7 +137,7 @@ def test_json_body_that_is_not_an_object_is_422(client, postgresql):
     cid = create(client, {"a": 1})
     for method, path in body_targets(cid):
         for body in (b"[]", b'[{"metadata": {}}]', b'"x"', b"1", b"true", b"null"):
-            doc = assert_problem(raw(client, method, path, body), 422, path)
+            doc = problem(raw(client, method, path, body), 422, path)
             assert doc["type"] == "/problems/validation-error"
             assert doc["errors"] and doc["errors"][0]["pointer"] == ""
     assert postgresql.execute("select count(*) from contexts").fetchone()[0] == 1
@@ -164,10 +148,10 @@ def test_body_with_a_wrong_content_type_is_415(client, postgresql):
     cid = create(client)
     body = json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode()
     for content_type in ("text/plain", "application/x-www-form-urlencoded", "application/xml", None):
-        assert_problem(raw(client, "post", "/v1/contexts", b"{}", content_type), 415, "/v1/contexts")
-        assert_problem(raw(client, "post", f"/v1/contexts/{cid}/messages", body, content_type), 415)
+        problem(raw(client, "post", "/v1/contexts", b"{}", content_type), 415, "/v1/contexts")
+        problem(raw(client, "post", f"/v1/contexts/{cid}/messages", body, content_type), 415)
     # merge-patch is for PATCH only.
-    assert_problem(raw(client, "post", "/v1/contexts", b"{}", "application/merge-patch+json"), 415)
+    problem(raw(client, "post", "/v1/contexts", b"{}", "application/merge-patch+json"), 415)
     assert postgresql.execute("select count(*) from contexts").fetchone()[0] == 1
     assert postgresql.execute("select count(*) from messages").fetchone()[0] == 0
 
@@ -205,7 +189,7 @@ def test_body_over_the_limit_is_413_and_writes_nothing(small_client, postgresql)
         ("post", f"/v1/contexts/{cid}/forks", padded(10_000)),
     ]:
         resp = raw(small_client, method, path, body)
-        assert_problem(resp, 413, path)
+        problem(resp, 413, path)
         assert resp.headers.get("X-Request-Id")
     assert postgresql.execute("select count(*) from contexts").fetchone()[0] == 1
     assert postgresql.execute("select count(*) from messages").fetchone()[0] == 0
@@ -337,58 +321,59 @@ def test_no_response_body_ever_contains_a_stack_trace_or_sql(client):
         for leak in ("Traceback", "SELECT", "select ", "psycopg", 'File "', "UPDATE contexts", "INSERT INTO"):
             assert leak not in text, (resp.request.url, text[:300])
         if resp.status_int >= 400:
-            assert_problem(resp, resp.status_int)
+            problem(resp, resp.status_int)
 
 
-def test_query_integers_beyond_bigint_are_a_client_error_not_a_500(client):
+def test_query_integers_beyond_bigint_are_422_naming_the_parameter(client):
     cid = create(client)
     append(client, cid)
     big = str(10**20)
-    # as_of_version past the head is 422 by contract; a keyset bound past the end may
-    # simply bound the range (200) or be refused (422), but never a 500.
-    statuses = {
-        "context as_of_version": client.get(f"/v1/contexts/{cid}?as_of_version={big}", expect_errors=True),
-        "messages as_of_version": client.get(f"/v1/contexts/{cid}/messages?as_of_version={big}", expect_errors=True),
-        "window as_of_version": client.get(
-            f"/v1/contexts/{cid}/window?max_tokens=5&as_of_version={big}", expect_errors=True
-        ),
-        "messages after": client.get(f"/v1/contexts/{cid}/messages?after={big}", expect_errors=True),
-        "messages before": client.get(f"/v1/contexts/{cid}/messages?before={big}", expect_errors=True),
+    requests = {
+        "as_of_version": [
+            f"/v1/contexts/{cid}?as_of_version={big}",
+            f"/v1/contexts/{cid}/messages?as_of_version={big}",
+            f"/v1/contexts/{cid}/window?max_tokens=5&as_of_version={big}",
+        ],
+        "after": [f"/v1/contexts/{cid}/messages?after={big}"],
+        "before": [f"/v1/contexts/{cid}/messages?before={big}"],
+        "limit": ["/v1/contexts?limit=99999999999999999999"],
     }
-    got = {name: resp.status_int for name, resp in statuses.items()}
-    assert got == {
-        "context as_of_version": 422,
-        "messages as_of_version": 422,
-        "window as_of_version": 422,
-        "messages after": got["messages after"] if got["messages after"] in (200, 422) else "200 or 422",
-        "messages before": got["messages before"] if got["messages before"] in (200, 422) else "200 or 422",
-    }
+    for parameter, urls in requests.items():
+        for url in urls:
+            doc = problem(client.get(url, status=422), 422)
+            assert [e.get("parameter") for e in doc["errors"]] == [parameter], (url, doc)
 
 
-def test_nul_characters_in_text_or_metadata_are_a_client_error_not_a_500(client, postgresql):
-    # PostgreSQL text and jsonb cannot hold U+0000: storing it faithfully or refusing it
-    # (422) are both fine; a 500 is not.
+def test_nul_characters_in_text_or_metadata_are_422_naming_the_field_and_write_nothing(client, postgresql):
+    # PostgreSQL text and jsonb cannot hold U+0000: it is refused where it arrives.
     cid = create(client, {"keep": 1})
-    attempts = {
-        "create metadata value": client.post_json("/v1/contexts", {"metadata": {"a": "\u0000"}}, expect_errors=True),
-        "patch metadata key": client.patch_json(
-            f"/v1/contexts/{cid}", {"metadata": {"\u0000": 1}}, expect_errors=True
+    counts = "SELECT (SELECT count(*) FROM contexts), (SELECT count(*) FROM messages)"
+    before = postgresql.execute(counts).fetchone()
+    attempts = [
+        (("pointer", "/metadata"), client.post_json("/v1/contexts", {"metadata": {"a": "\u0000"}}, status=422)),
+        (("pointer", "/metadata"), client.patch_json(f"/v1/contexts/{cid}", {"metadata": {"\u0000": 1}}, status=422)),
+        (
+            ("pointer", "/messages/0/content"),
+            client.post_json(
+                f"/v1/contexts/{cid}/messages", {"messages": [{"role": "user", "content": "a\u0000b"}]}, status=422
+            ),
         ),
-        "message content": client.post_json(
-            f"/v1/contexts/{cid}/messages", {"messages": [{"role": "user", "content": "a\u0000b"}]},
-            expect_errors=True,
+        (
+            ("pointer", "/messages/0/metadata"),
+            client.post_json(
+                f"/v1/contexts/{cid}/messages",
+                {"messages": [{"role": "user", "content": "x", "metadata": {"k": "\u0000"}}]},
+                status=422,
+            ),
         ),
-        "message metadata": client.post_json(
-            f"/v1/contexts/{cid}/messages",
-            {"messages": [{"role": "user", "content": "x", "metadata": {"k": "\u0000"}}]},
-            expect_errors=True,
+        (
+            ("parameter", "metadata"),
+            client.get("/v1/contexts", {"metadata": json.dumps({"a": "\u0000"})}, status=422),
         ),
-        "metadata filter": client.get(
-            "/v1/contexts", {"metadata": json.dumps({"a": "\u0000"})}, expect_errors=True
-        ),
-    }
-    got = {name: resp.status_int for name, resp in attempts.items()}
-    assert all(status < 500 for status in got.values()), got
-    for name, resp in attempts.items():
-        if resp.status_int == 422:
-            assert_problem(resp, 422)
+    ]
+    for (where, name), resp in attempts:
+        doc = problem(resp, 422)
+        assert [(where, e.get(where)) for e in doc["errors"]] == [(where, name)], doc
+        assert "U+0000" in doc["errors"][0]["detail"]
+    assert postgresql.execute(counts).fetchone() == before
+    assert client.get(f"/v1/contexts/{cid}").json["metadata"] == {"keep": 1}
