@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 from array import array
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,7 +25,7 @@ FORK_WINDOW_TOKENS = 8000
 
 @dataclass
 class Operation:
-    key: str  # stable id, used by --only and the ratio checks
+    key: str  # stable id, used by --only, the ratio checks and compare mode
     label: str  # what the table shows
     op: str  # driver operation
     msgs: int | None  # messages written or returned per request (None: not applicable)
@@ -49,6 +50,38 @@ class Result:
         index = max(0, math.ceil(q * len(self.latencies)) - 1)
         return self.latencies[index] * 1000.0
 
+    @staticmethod
+    def merged(parts: list["Result"]) -> "Result":
+        """Several short runs of one cell as one: requests and wall time add up."""
+        latencies = sorted(x for part in parts for x in part.latencies)
+        first = next((p.first_error for p in parts if p.first_error), None)
+        return Result(sum(p.requests for p in parts), sum(p.errors for p in parts),
+                      sum(p.wall for p in parts), latencies, first)
+
+
+@dataclass
+class CompareCell:
+    """One operation at one concurrency on both services (compare mode)."""
+
+    key: str
+    label: str
+    clients: int
+    current: Result
+    ref: Result
+    round_ratios: list[float]  # per-round p50 current/ref (1-client cells split in rounds)
+
+
+@dataclass
+class Compare:
+    ref: str  # as given on the command line
+    commit: str  # its full hash
+    current_module: str = "?"
+    ref_module: str = "?"
+    openapi: str = "?"
+    cells: list[CompareCell] = field(default_factory=list)
+    memory: list[tuple[str, int, int]] = field(default_factory=list)
+    load_rate: list[str] = field(default_factory=list)
+
 
 @dataclass
 class Run:
@@ -61,6 +94,7 @@ class Run:
     explain: list[tuple[str, str]] = field(default_factory=list)
     # (large key, small key) -> per-round p50 ratios, measured back to back
     paired: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    compare: Compare | None = None
 
 
 def plan(api: Api, sizes: list[int], data: Dataset, only: list[str] | None = None) -> list[Operation]:
@@ -200,3 +234,40 @@ def measure_pairs(run: Run, clients: Clients, port: int) -> None:
                 ratios.append(a.pct(0.5) / b.pct(0.5))
         run.paired[(large, small)] = ratios
         log(f"paired {large} / {small}: " + ", ".join(f"{r:.2f}" for r in ratios))
+
+
+def measure_compare(run: Run, clients: Clients, current_port: int, ref_ops: list[Operation], ref_port: int) -> None:
+    """Every cell on both services, alternating: the current tree and the ref run back
+    to back, and which goes first alternates from cell to cell (and from round to
+    round), so a slow minute of the machine hits both sides alike. 1-client cells are
+    split into `--compare-rounds` rounds of the cell's budget, each giving one p50
+    ratio; the merged rounds are the cell's result."""
+    assert run.compare is not None
+    args = run.args
+    ref_by_key = {o.key: o for o in ref_ops}
+    total = len(run.operations) * len(args.clients)
+    index = 0
+    for operation in run.operations:
+        ref_operation = ref_by_key[operation.key]
+        for concurrency in args.clients:
+            rounds = args.compare_rounds if concurrency == 1 else 1
+            duration = args.duration / rounds
+            budget = max(1, math.ceil(args.max_requests / rounds))
+            mine, theirs, ratios = [], [], []
+            for r in range(rounds):
+                sides = [("current", operation, current_port), ("ref", ref_operation, ref_port)]
+                if (index + r) % 2:
+                    sides.reverse()
+                got = {}
+                for side, op, port in sides:
+                    got[side] = measure(args, clients, op, "http", concurrency, port, duration, budget)
+                mine.append(got["current"])
+                theirs.append(got["ref"])
+                if got["current"].requests and got["ref"].requests:
+                    ratios.append(got["current"].pct(0.5) / got["ref"].pct(0.5))
+            index += 1
+            current, ref = Result.merged(mine), Result.merged(theirs)
+            run.results[(operation.key, "http", concurrency)] = current
+            run.compare.cells.append(CompareCell(operation.key, operation.label, concurrency, current, ref, ratios))
+            log(f"[{index}/{total}] {operation.label} x{concurrency}: current {describe(current)}; "
+                f"ref {describe(ref)}" + (f"; p50 ratio median {statistics.median(ratios):.2f}" if ratios else ""))

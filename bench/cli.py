@@ -4,22 +4,25 @@
     python -m bench.run                    # default run, under 10 minutes on 2 cores
     python -m bench.run --full             # adds a 1,000,000-message context (window only)
     python -m bench.run --write-results    # also rewrites bench/RESULTS.md
+    python -m bench.run --compare HEAD~3   # the same cells on the current tree and on a git ref
 
 What a run does, in order:
 
 1. starts an embedded PostgreSQL on a fresh temporary CONTEXT_STORE_HOME, then the
    service under gunicorn (2 workers) on a free loopback port with DATABASE_URL
-   pointing at that server, and waits for /health (services.py);
+   pointing at that server, and waits for /health (services.py); with --compare, also
+   the ref's service, from its exported tree, on its own database of the same server;
 2. bulk-loads contexts of 1,000 / 10,000 / 100,000 messages through the API in
-   batches of 1000, and a chain of 32 forks (load.py);
+   batches of 1000, and a chain of 32 forks (load.py), on each service;
 3. runs every operation (cells.py) at 1 and 8 concurrent clients, each client its own
    process with one keep-alive HTTP/1.1 connection to 127.0.0.1 (driver.py), then the
-   same named SQL statements straight through psycopg (raw.py);
-4. prints the table, the service/raw ratios, the targets with pass/fail, worker
-   memory and the database size per million messages, and writes them
+   same named SQL statements straight through psycopg (raw.py); with --compare, the
+   HTTP cells only, alternating between the two services;
+4. prints the table, the service/raw ratios, the targets with pass/fail, the compare
+   table, worker memory and the database size per million messages, and writes them
    as markdown under bench/out/ (and bench/RESULTS.md with --write-results) (report.py);
 5. stops gunicorn (SIGTERM to the master) and the embedded server, whatever happened,
-   and removes the temporary home.
+   and removes the temporary folders.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import signal
+import subprocess
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +38,9 @@ from pathlib import Path
 from bench import cells, facts, load, report, services
 from bench.common import OUT_DIR, REPO, RESULTS_MD, log
 from bench.driver import Clients
+
+REF_DATABASE = "context_store_bench_ref"
+
 
 # ---------------------------------------------------------------- options
 
@@ -73,6 +80,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="paired rounds for the size-ratio targets: the small and the large context "
                              "alternate, 1 client, 1 s each, and the median of the per-round p50 ratios "
                              "is reported (default 5; --quick 2; 0 to use the table's cells)")
+    parser.add_argument("--compare", metavar="REF", default=None,
+                        help="also start the service of git ref REF (its own database, same data) and run "
+                             "every cell on both, alternating; prints a compare table (raw cells skipped)")
+    parser.add_argument("--compare-rounds", type=int, default=None,
+                        help="compare mode: 1-client cells run in this many rounds of the cell's budget, "
+                             "alternating the two services, for a median p50 ratio (default 3; --quick 2)")
     args = parser.parse_args(argv)
     args.sizes = sorted(set(args.sizes or ([1000, 10000] if args.quick else [1000, 10000, 100000])))
     args.duration = args.duration if args.duration is not None else (0.5 if args.quick else 3.0)
@@ -81,6 +94,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.rounds = args.rounds if args.rounds is not None else (2 if args.quick else 5)
     if not 0 <= args.rounds <= 50:
         parser.error("--rounds: 0..50")
+    args.compare_rounds = args.compare_rounds if args.compare_rounds is not None else (2 if args.quick else 3)
+    if not 1 <= args.compare_rounds <= 20:
+        parser.error("--compare-rounds: 1..20")
+    if args.compare is not None:
+        if not args.compare.strip() or args.compare.startswith("-"):
+            parser.error("--compare: give a git ref, e.g. HEAD~3 or a commit hash")
+        try:
+            args.compare_commit = resolve_ref(args.compare)
+        except RuntimeError as exc:
+            parser.error(str(exc))
+        args.no_raw = True  # the raw statements are the current tree's: nothing to compare
     if not args.sizes or min(args.sizes) < 1:
         parser.error("--sizes: give positive message counts")
     if args.duration <= 0 or args.duration > 120:
@@ -103,6 +127,50 @@ def _str_list(raw: str) -> list[str]:
     return [x.strip() for x in raw.split(",") if x.strip()]
 
 
+# ---------------------------------------------------------------- compare mode
+
+
+def resolve_ref(ref: str) -> str:
+    """The full commit hash of a git ref of this repository."""
+    out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+                         capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise RuntimeError(f"--compare {ref}: not a commit of {REPO}")
+    return out.stdout.strip()
+
+
+def export_tree(commit: str, dest: Path) -> None:
+    """The files of `commit` into `dest`, read from git's objects (no worktree is
+    registered, nothing in the repository changes)."""
+    archive = subprocess.Popen(["git", "-C", str(REPO), "archive", "--format=tar", commit],
+                               stdout=subprocess.PIPE)
+    try:
+        subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, check=True, timeout=300)
+    finally:
+        assert archive.stdout is not None
+        archive.stdout.close()
+        if archive.wait(timeout=60) != 0:
+            raise RuntimeError(f"git archive {commit} failed with {archive.returncode}")
+
+
+def check_two_codes(current: services.Service, ref: services.Service, compare: cells.Compare) -> None:
+    """Refuse to compare a service with itself: the ref's `import service` must load
+    the exported tree. The OpenAPI documents are compared for the report only (a ref
+    may well serve the same contract)."""
+    compare.current_module, compare.ref_module = current.module_file, ref.module_file
+    if not Path(ref.module_file).is_relative_to(ref.code_dir.resolve()) or ref.module_file == current.module_file:
+        raise RuntimeError(f"the ref's service would import {ref.module_file}, not its exported tree "
+                           f"{ref.code_dir}: refusing to compare the current code with itself")
+    assert current.api is not None and ref.api is not None
+    a, b = current.api.raw_call("GET", "/openapi.json"), ref.api.raw_call("GET", "/openapi.json")
+    if a[0] == b[0] == 200:
+        compare.openapi = ("identical in both" if a[1] == b[1]
+                           else f"differs ({len(a[1]):,} vs {len(b[1]):,} bytes)")
+    else:
+        compare.openapi = f"answered {a[0]} (current) and {b[0]} (ref)"
+    log(f"code: current {current.module_file}; {ref.name} {ref.module_file}; /openapi.json {compare.openapi}")
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -114,10 +182,18 @@ def main(argv: list[str] | None = None) -> int:
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     stamp = run.started.strftime("%Y%m%d-%H%M%S")
     home = Path(tempfile.mkdtemp(prefix="context-store-bench-"))
+    ref_dir: Path | None = None
     embedded = clients = None
     started: list[services.Service] = []
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        if args.compare is not None:
+            commit = args.compare_commit
+            run.compare = cells.Compare(ref=args.compare, commit=commit)
+            ref_dir = Path(tempfile.mkdtemp(prefix="context-store-ref-"))
+            log(f"exporting {args.compare} ({commit}) into {ref_dir}")
+            export_tree(commit, ref_dir)
+
         log(f"starting embedded PostgreSQL in {home}")
         embedded, database_url = services.start_embedded(home)
         current = services.Service("current", REPO, database_url, home, OUT_DIR / f"gunicorn-{stamp}.log")
@@ -126,6 +202,16 @@ def main(argv: list[str] | None = None) -> int:
         run.info["service_version"] = current.health.get("version")
         run.info["tokenizer"] = (current.health.get("tokenizer")
                                  or (current.health.get("tokens") or {}).get("tokenizer") or "?")
+        ref = None
+        if run.compare is not None:
+            assert ref_dir is not None
+            ref_url = services.create_database(database_url, REF_DATABASE)
+            ref = services.Service(args.compare, ref_dir, ref_url, home / "ref",
+                                   OUT_DIR / f"gunicorn-{stamp}-ref.log")
+            started.append(ref)
+            ref.start(args)
+            check_two_codes(current, ref, run.compare)
+
         assert current.api is not None
         data = load.load_all(current.api, args.sizes, args.full)
         run.load_rate = data.rates
@@ -133,11 +219,21 @@ def main(argv: list[str] | None = None) -> int:
         run.operations = cells.plan(current.api, args.sizes, data, args.only)
         log(f"starting {max(args.clients)} client processes")
         clients = Clients(max(args.clients), database_url)
-        cells.measure_table(run, clients, current.port)
+        if ref is not None and run.compare is not None:
+            assert ref.api is not None
+            ref_data = load.load_all(ref.api, args.sizes, args.full, name=ref.name)
+            run.compare.load_rate = ref_data.rates
+            services.vacuum(ref.database_url)
+            ref_ops = cells.plan(ref.api, args.sizes, ref_data, args.only)
+            cells.measure_compare(run, clients, current.port, ref_ops, ref.port)
+        else:
+            cells.measure_table(run, clients, current.port)
 
         cells.measure_pairs(run, clients, current.port)
         assert current.proc is not None
         run.info["memory"] = services.worker_memory(current.proc)
+        if ref is not None and ref.proc is not None and run.compare is not None:
+            run.compare.memory = services.worker_memory(ref.proc)
         largest = args.sizes[-1]
         try:
             found, plans = facts.database_facts(database_url, data.contexts[largest], largest, data.chain,
@@ -165,7 +261,10 @@ def main(argv: list[str] | None = None) -> int:
         log("interrupted; stopping everything")
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        # a second Ctrl-C or SIGTERM must not cut the cleanup short: that would leave
+        # gunicorn and PostgreSQL running with no one left to stop them
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if clients is not None:
             clients.stop()
         for service in reversed(started):
@@ -174,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
             log("stopping embedded PostgreSQL")
             embedded.stop()
         shutil.rmtree(home, ignore_errors=True)
+        if ref_dir is not None:
+            shutil.rmtree(ref_dir, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def _interrupt(signum, frame):

@@ -1,5 +1,5 @@
-"""The report: the table, the targets with pass/fail, memory, storage and the
-EXPLAIN section, printed and as markdown."""
+"""The report: the table, the targets with pass/fail, the compare table, memory,
+storage and the EXPLAIN section, printed and as markdown."""
 
 from __future__ import annotations
 
@@ -177,6 +177,10 @@ def render_markdown(run: Run) -> str:
         "",
         md_table(header, rows),
         "",
+    ]
+    if run.compare is not None:
+        lines += compare_markdown(run)
+    lines += [
         "## Targets",
         "",
         "| target | measured | result |",
@@ -201,13 +205,64 @@ def print_report(run: Run) -> None:
     print()
     print(text_table(header, rows))
     print()
+    if run.compare is not None:
+        c = run.compare
+        print(f"Compare: current tree vs {c.ref} ({c.commit}); ratios are current/ref")
+        print(text_table(*compare_rows(run)))
+        print()
     print("Targets:")
     for what, value, ok in checks(run):
         print(f"  [{verdict(ok)}] {what}: {value}")
     print()
     for name, rss, pss in run.info.get("memory", []):
         print(f"gunicorn {name}: RSS {rss / 2**20:.1f} MiB, PSS {pss / 2**20:.1f} MiB")
+    if run.compare is not None:
+        for name, rss, pss in run.compare.memory:
+            print(f"gunicorn {name} ({run.compare.ref}): RSS {rss / 2**20:.1f} MiB, PSS {pss / 2**20:.1f} MiB")
     if run.info.get("db_size"):
         print(f"messages: {run.info['db_size']}")
     print(f"PostgreSQL: {run.info.get('pg_version', '?')}")
     sys.stdout.flush()
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b and a == a and b == b else None
+
+
+def compare_rows(run: Run) -> tuple[list[str], list[list[str]]]:
+    """The compare table: both services side by side, and current/ref ratios of req/s
+    and p50; for 1-client cells also the median of the per-round p50 ratios."""
+    assert run.compare is not None
+    header = ["operation", "clients", "cur req/s", "ref req/s", "req/s cur/ref", "cur p50 ms", "ref p50 ms",
+              "p50 cur/ref", "p50 cur/ref, median of rounds", "cur p99 ms", "ref p99 ms", "errors"]
+    rows = []
+    for cell in run.compare.cells:
+        cur, ref = cell.current, cell.ref
+        rounds = cell.round_ratios
+        median = (f"{statistics.median(rounds):.2f} ({len(rounds)}: " + ", ".join(f"{r:.2f}" for r in rounds) + ")"
+                  if len(rounds) > 1 else "-")
+        rows.append([
+            cell.label, str(cell.clients), _f(cur.rps), _f(ref.rps), _f(_ratio(cur.rps, ref.rps), 2),
+            _f(cur.pct(0.5), 2), _f(ref.pct(0.5), 2), _f(_ratio(cur.pct(0.5), ref.pct(0.5)), 2), median,
+            _f(cur.pct(0.99), 2), _f(ref.pct(0.99), 2), str(cur.errors + ref.errors),
+        ])
+    return header, rows
+
+
+def compare_markdown(run: Run) -> list[str]:
+    c = run.compare
+    assert c is not None
+    lines = [
+        f"## Compare: current tree vs `{c.ref}` ({c.commit})",
+        "",
+        f"- code: current `{c.current_module}`, ref `{c.ref_module}` (exported with `git archive`); "
+        f"/openapi.json {c.openapi}",
+        f"- ref load: {'; '.join(c.load_rate)}",
+        f"- cells alternate between the two services (which goes first alternates too); 1-client cells run "
+        f"in {run.args.compare_rounds} rounds of the cell's budget, each round giving one p50 ratio. "
+        "Ratios are current/ref: above 1 means the current tree is faster in req/s, slower in p50.",
+    ]
+    for name, rss, pss in c.memory:
+        lines.append(f"- ref gunicorn {name}: RSS {rss / 2**20:.1f} MiB, PSS {pss / 2**20:.1f} MiB")
+    lines += ["", md_table(*compare_rows(run)), ""]
+    return lines

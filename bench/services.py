@@ -1,6 +1,10 @@
 """The processes the suite starts and stops: the embedded PostgreSQL, and the service
-under gunicorn (`python -m service serve` in its own session, on a free port of
-127.0.0.1, with DATABASE_URL pointing at that server).
+under gunicorn (one for the current tree, and one for a git ref in compare mode).
+
+Each service runs `python -m service serve` in its own session with its own
+DATABASE_URL, on a free port of 127.0.0.1, from a code folder: the repository, or an
+exported ref whose `service` package and `sql/` folder it then runs (the folder is
+the working directory and PYTHONPATH, so it comes before the editable install).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -46,6 +51,17 @@ def start_embedded(home: Path):
 
     embedded = EmbeddedPostgres(home)
     return embedded, embedded.start()
+
+
+def create_database(url: str, name: str) -> str:
+    """Create an empty database `name` on the server of `url`; the URL to reach it."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
 
 
 def vacuum(url: str) -> None:
@@ -126,7 +142,7 @@ def stop_process(proc: subprocess.Popen) -> None:
 class Service:
     """One gunicorn service: its code folder, database, log, and once started its port."""
 
-    name: str  # for logs
+    name: str  # "current" or the compared ref, for logs and reports
     code_dir: Path
     database_url: str
     home: Path
@@ -135,6 +151,7 @@ class Service:
     proc: subprocess.Popen | None = None
     api: Api | None = None
     health: dict[str, Any] = field(default_factory=dict)
+    module_file: str = "?"  # service/__init__.py as this service's interpreter resolves it
 
     def environment(self, args) -> dict[str, str]:
         env = dict(os.environ)
@@ -146,6 +163,8 @@ class Service:
             CONTEXT_STORE_HOME=str(self.home),
             LOG_LEVEL=args.log_level,
         )
+        if self.code_dir != REPO:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.code_dir), env.get("PYTHONPATH")]))
         if args.threads is not None:
             env["GUNICORN_THREADS"] = str(args.threads)
         vocab = tiktoken_dir()
@@ -160,7 +179,9 @@ class Service:
         """Start gunicorn and wait until /health answers."""
         self.port = free_port()
         env = self.environment(args)
-        log(f"starting gunicorn for {self.name} ({args.workers} workers) on {HOST}:{self.port}; log {self.log_path}")
+        self.module_file = resolved_module(self.code_dir, env)
+        log(f"starting gunicorn for {self.name} ({args.workers} workers) on {HOST}:{self.port}, "
+            f"code {self.module_file}; log {self.log_path}")
         self.home.mkdir(parents=True, exist_ok=True)
         log_file = open(self.log_path, "ab")
         try:
@@ -183,6 +204,16 @@ class Service:
         if self.proc is not None:
             log(f"stopping gunicorn ({self.name})")
             stop_process(self.proc)
+
+
+def resolved_module(code_dir: Path, env: dict[str, str]) -> str:
+    """The file `import service` loads with this working directory and environment:
+    the same interpreter and sys.path the service is about to start with."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import service; print(service.__file__)"],
+        cwd=code_dir, env=env, capture_output=True, text=True, timeout=60, check=True,
+    )
+    return str(Path(out.stdout.strip()).resolve())
 
 
 def worker_memory(proc: subprocess.Popen) -> list[tuple[str, int, int]]:
