@@ -175,11 +175,16 @@ class Service:
             env[name] = value
         return env
 
-    def start(self, args) -> None:
-        """Start gunicorn and wait until /health answers."""
+    def start(self, args, *, require_own_code: bool = False) -> None:
+        """Start gunicorn and wait until /health answers. With require_own_code, first
+        make sure `import service` resolves inside code_dir (not to the editable
+        install of the current tree), and refuse to start otherwise."""
         self.port = free_port()
         env = self.environment(args)
         self.module_file = resolved_module(self.code_dir, env)
+        if require_own_code and not Path(self.module_file).is_relative_to(self.code_dir.resolve()):
+            raise RuntimeError(f"{self.name}: `import service` would load {self.module_file}, not the code in "
+                               f"{self.code_dir}; refusing to compare the current code with itself")
         log(f"starting gunicorn for {self.name} ({args.workers} workers) on {HOST}:{self.port}, "
             f"code {self.module_file}; log {self.log_path}")
         self.home.mkdir(parents=True, exist_ok=True)
