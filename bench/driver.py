@@ -1,10 +1,11 @@
-"""The load-driving side of bench/run.py: one client per process.
+"""The client processes that drive the load, and the orchestrator's handle on them.
 
 Each client process is started once (multiprocessing, spawn) and then serves
-benchmark cells sent by the orchestrator over a pipe:
+benchmark cells sent by the orchestrator (`Clients`) over a pipe:
 
-    ("cell", spec)  -> set up (open a keep-alive HTTP/1.1 connection to 127.0.0.1, or
-                       reuse its own psycopg connection), warm up, answer ("ready", ...)
+    ("cell", spec)  -> set up (open a keep-alive HTTP/1.1 connection to 127.0.0.1 on
+                       the spec's port, or reuse its own psycopg connection for the raw
+                       mode, bench/raw.py), warm up, answer ("ready", ...)
     ("go", None)    -> run until the cell's request count or its deadline, whichever
                        comes first, answer ("done", result)
     ("stop", None)  -> exit
@@ -16,12 +17,12 @@ count and in time; a client idle for IDLE_LIMIT seconds exits by itself.
 from __future__ import annotations
 
 import http.client
+import multiprocessing
 import random
 import time
 import traceback
 from array import array
 from typing import Any
-from uuid import UUID
 
 import orjson
 
@@ -29,7 +30,6 @@ HOST = "127.0.0.1"  # load goes to loopback only
 IDLE_LIMIT = 1800.0  # seconds a client waits for its next command before giving up
 WARMUP_REQUESTS = 5
 WARMUP_SECONDS = 0.5
-TENANT = "default"  # the single tenant of a server without API keys
 HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
 
@@ -50,23 +50,6 @@ def message_batch(size: int, seed: int, explicit_tokens: bool) -> list[dict[str,
             message["token_count"] = rng.randint(1, 60)
         batch.append(message)
     return batch
-
-
-def raw_append_params(batch: list[dict[str, Any]], context_id: str) -> dict[str, Any]:
-    """insert_messages parameters for a batch, built the way service.queries.messages does."""
-    counts = [m.get("token_count", (len(m["content"].encode()) + 3) // 4) for m in batch]
-    return {
-        "tenant": TENANT,
-        "context_id": UUID(context_id),
-        "count": len(batch),
-        "batch_tokens": sum(counts),
-        "if_match": None,
-        "roles": [m["role"] for m in batch],
-        "contents": [m["content"] for m in batch],
-        "token_counts": counts,
-        "embeddings": [None] * len(batch),
-        "metadata": ["{}"] * len(batch),
-    }
 
 
 # ---------------------------------------------------------------- HTTP
@@ -143,97 +126,6 @@ def _request(client: HttpClient, method: str, path: str, body: bytes | None, exp
     return call
 
 
-# ---------------------------------------------------------------- raw SQL
-
-
-def raw_connect(url: str):
-    """A connection set up like the service's pooled ones (service/db.py)."""
-    import psycopg
-    from pgvector.psycopg import register_vector
-    from psycopg.types.json import set_json_loads
-
-    from service.sql import QUERIES
-
-    conn = psycopg.connect(url, prepare_threshold=5, application_name="context-store-bench-raw", autocommit=True)
-    register_vector(conn)
-    set_json_loads(orjson.Fragment, conn)
-    QUERIES.configure_session.run(conn, statement_timeout="10000ms")
-    conn.commit()
-    return conn
-
-
-def raw_operation(spec: dict[str, Any], conn, rng: random.Random):
-    """A zero-argument callable running the service's own statement for one operation,
-    in autocommit mode as the service's pool runs it (commit() is then a no-op)."""
-    from service.ids import uuid7
-    from service.sql import QUERIES
-
-    op = spec["op"]
-    args = spec["args"]
-    commit = conn.commit
-    if op == "append":
-        params = raw_append_params(message_batch(args["batch_size"], args["seed"], True), args["context_id"])
-        statement = QUERIES.insert_messages
-
-        def append() -> None:
-            row = statement.run(conn, **params)
-            commit()
-            if row is None:
-                raise RuntimeError("insert_messages wrote nothing")
-
-        return append
-    if op in {"list", "window", "get"}:
-        context_id = UUID(args["context_id"])
-        if op == "list":
-            statement = QUERIES.list_messages_desc
-            # the service asks for one more row than the page, to tell has_more
-            params = dict(tenant=TENANT, context_id=context_id, limit=args["limit"] + 1, after=0,
-                          before=2**62, as_of_version=None, as_of=None, include_embedding=False)
-        elif op == "window":
-            statement = QUERIES.get_window
-            params = dict(tenant=TENANT, context_id=context_id, max_tokens=args["max_tokens"],
-                          pin_system=False, as_of_version=None, as_of=None)
-        else:
-            statement = QUERIES.get_message
-            params = dict(tenant=TENANT, context_id=context_id, version=1, include_embedding=False)
-        head = args.get("head", 1)
-
-        def read() -> None:
-            if op == "get":
-                params["version"] = rng.randint(1, head)
-            rows = statement.run(conn, **params)
-            commit()
-            if not rows:
-                raise RuntimeError(f"{statement.name} returned no row")
-
-        return read
-    if op == "fork":
-        parent = UUID(args["parent_id"])
-        from service.config import Settings
-
-        statement = QUERIES.insert_fork
-
-        def fork() -> None:
-            row = statement.run(
-                conn, id=uuid7(), tenant=TENANT, parent_id=parent, at_version=None, metadata=None,
-                max_segments=Settings().max_lineage_depth,
-            )
-            commit()
-            if row is None:
-                raise RuntimeError("insert_fork wrote nothing")
-
-        return fork
-    if op == "create":
-        statement = QUERIES.insert_context
-
-        def create() -> None:
-            statement.run(conn, id=uuid7(), tenant=TENANT, metadata='{"bench":"create"}')
-            commit()
-
-        return create
-    raise ValueError(f"unknown operation {op!r}")
-
-
 # ---------------------------------------------------------------- the client loop
 
 
@@ -274,14 +166,14 @@ def _measure(operation, max_requests: int, duration: float) -> dict[str, Any]:
     }
 
 
-def client_main(pipe, port: int, database_url: str) -> None:
+def client_main(pipe, database_url: str) -> None:
     """Entry point of one client process."""
     import os
     import sys
 
     # run from the repository root, like the orchestrator (spawn keeps sys.path)
     sys.path.insert(0, os.getcwd())
-    http_client = HttpClient(port)
+    http_client = HttpClient(0)
     raw_conn = None
     try:
         while pipe.poll(IDLE_LIMIT):
@@ -293,12 +185,15 @@ def client_main(pipe, port: int, database_url: str) -> None:
             try:
                 rng = random.Random(spec["seed"])
                 if spec["mode"] == "http":
+                    http_client.port = spec["port"]
                     http_client.open()
                     operation = http_operation(spec, http_client, rng)
                 else:
+                    from bench import raw
+
                     if raw_conn is None or raw_conn.closed:
-                        raw_conn = raw_connect(database_url)
-                    operation = raw_operation(spec, raw_conn, rng)
+                        raw_conn = raw.connect(database_url)
+                    operation = raw.operation(spec, raw_conn, rng)
                 _warm_up(operation)
             except Exception:
                 pipe.send(("failed", traceback.format_exc(limit=5)))
@@ -320,3 +215,63 @@ def client_main(pipe, port: int, database_url: str) -> None:
         http_client.close()
         if raw_conn is not None:
             raw_conn.close()
+
+
+# ---------------------------------------------------------------- the orchestrator's side
+
+
+class CellFailed(RuntimeError):
+    """A client could not set up its part of a cell (the message is its traceback)."""
+
+
+class Clients:
+    """The load-driving processes, started once and reused by every cell."""
+
+    def __init__(self, count: int, database_url: str) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.pipes = []
+        self.procs = []
+        for _ in range(count):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=client_main, args=(child, database_url), daemon=True)
+            proc.start()
+            child.close()
+            self.pipes.append(parent)
+            self.procs.append(proc)
+
+    def run(self, specs: list[dict[str, Any]], duration: float) -> list[dict[str, Any]]:
+        """One cell: specs[i] goes to client i; all start together. Results per client."""
+        pipes = self.pipes[: len(specs)]
+        for pipe, spec in zip(pipes, specs):
+            pipe.send(("cell", spec))
+        ready, failure = [], None
+        for pipe in pipes:
+            answer = self._recv(pipe, 120)
+            if answer[0] == "ready":
+                ready.append(pipe)
+            else:
+                failure = answer[1]
+        if failure is not None:
+            for pipe in ready:
+                pipe.send(("drop", None))
+            raise CellFailed(failure)
+        for pipe in pipes:
+            pipe.send(("go", None))
+        return [self._recv(pipe, duration + 120)[1] for pipe in pipes]
+
+    def _recv(self, pipe, timeout: float):
+        if not pipe.poll(timeout):
+            raise RuntimeError(f"a client gave no answer within {timeout:.0f} s")
+        return pipe.recv()
+
+    def stop(self) -> None:
+        for pipe in self.pipes:
+            try:
+                pipe.send(("stop", None))
+            except OSError:
+                pass
+        for proc in self.procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
