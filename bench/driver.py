@@ -191,7 +191,7 @@ def client_main(pipe, database_url: str) -> None:
                 else:
                     from bench import raw
 
-                    if raw_conn is None or raw_conn.closed:
+                    if raw_conn is None:
                         raw_conn = raw.connect(database_url)
                     operation = raw.operation(spec, raw_conn, rng)
                 _warm_up(operation)

@@ -32,16 +32,25 @@ def database_facts(url: str, largest: str, largest_size: int, chain: dict[int, s
         facts["messages_bytes"] = {"heap": table, "indexes": indexes, "total": total}
         if explain:
             cid = UUID(largest)
-            cases = [
-                (f"get_window max_tokens=8000 on {fmt_n(largest_size)} messages", raw.window_statement(cid, 8000)),
-                (f"list_messages_desc limit=51 on {fmt_n(largest_size)} messages", raw.last_statement(cid, 50)),
+            calls = [
+                (f"get_window max_tokens=8000 on {fmt_n(largest_size)} messages", raw.window, (cid, 8000)),
+                (f"list_messages_desc limit=50 on {fmt_n(largest_size)} messages", raw.last, (cid, 50)),
                 (f"get_message version={largest_size // 2} on {fmt_n(largest_size)} messages",
-                 raw.get_statement(cid, largest_size // 2)),
+                 raw.get, (cid, largest_size // 2)),
             ]
             if chain:
                 depth = max(chain)
-                cases.append((f"get_window max_tokens=8000 on a fork of depth {depth}",
-                              raw.window_statement(UUID(chain[depth]), 8000)))
+                calls.append((f"get_window max_tokens=8000 on a fork of depth {depth}",
+                              raw.window, (UUID(chain[depth]), 8000)))
+            cases = []
+            store = raw.connect(url)
+            try:
+                for title, call, args in calls:
+                    with raw.captured() as seen:  # what the store runs for this read
+                        call(store, *args)
+                    cases.extend((title, run) for run in seen)
+            finally:
+                store.close()
             for title, (statement, params) in cases:
                 try:
                     for _ in range(3):  # warm the cache and the plan first
@@ -59,15 +68,16 @@ def plan_cache(url: str, statement, params: dict[str, Any], runs: int = 20) -> s
     """How PostgreSQL's plan cache treats the statement once psycopg prepares it, as
     the service's connections do (prepare_threshold 5): generic plans are reused,
     custom plans are planned again on every execution."""
-    conn = raw.connect(url)  # a fresh session: this statement is its only prepared one
-    try:
+    import psycopg
+
+    # A fresh session, prepared as the service's are: this statement is its only one.
+    from service.sql import QUERIES
+
+    with psycopg.connect(url, prepare_threshold=5, autocommit=True) as conn:
+        QUERIES.configure_session.run(conn, statement_timeout="10000ms")
         for _ in range(runs):
             statement.run(conn, **params)
-            conn.commit()
         rows = conn.execute("select generic_plans, custom_plans from pg_prepared_statements").fetchall()
-        conn.commit()
-    finally:
-        conn.close()
     if len(rows) != 1:
         return f"Plan cache after {runs} runs: {len(rows)} prepared statements (expected 1)"
     generic, custom = rows[0]

@@ -1,121 +1,104 @@
-"""The raw mode: the service's own named SQL statements through psycopg, without HTTP.
+"""The raw mode: the service's own store (service/queries) on a connection of its own,
+without HTTP: the same statements, built by the same code, that a request runs.
 
-Every statement a raw cell runs goes through one function per operation below
-(`create`, `append`, `last`, `window`, `get`, `fork`): when the service's queries
-become store objects, these functions are the one place to call the store's methods
-instead. Parameters are built here only, the way the service's query layer builds
-them today; the EXPLAIN section reads the read statements from `*_statement` so that
-it runs exactly what the raw cells run.
+Every raw cell goes through one function per operation below (`create`, `append`,
+`last`, `window`, `get`, `fork`), each one call of a store method. `captured` runs
+one of them and records the statements it executed with their parameters, so the
+EXPLAIN section explains exactly what the raw cells (and the service) run.
 """
 
 from __future__ import annotations
 
 import random
-from functools import lru_cache
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Callable
 from uuid import UUID
 
-import orjson
-
 from bench.driver import message_batch
-from service.ids import uuid7
-from service.sql import QUERIES, Statement
+from service import sql
+from service.config import Settings
+from service.db import Database
+from service.queries import Store
+from service.tokens import ESTIMATE, Tokenizer, estimate_tokens
 
 TENANT = "default"  # the single tenant of a server without API keys
 
 
-def connect(url: str):
-    """A connection set up like the service's pooled ones (service/db.py): pgvector,
-    raw JSON, statement timeout, psycopg preparing statements from their 6th run,
-    autocommit (each statement is its own transaction, as the pool runs it)."""
-    import psycopg
-    from pgvector.psycopg import register_vector
-    from psycopg.types.json import set_json_loads
+class RawStore:
+    """A store over a pool of one connection, set up as the service's pooled ones
+    (pgvector, raw JSON, statement timeout, prepared statements from the 6th run).
+    Raw cells never run the tokenizer: batches carry token counts, and the
+    1-message appends use the service's fallback estimate."""
 
-    conn = psycopg.connect(url, prepare_threshold=5, application_name="context-store-bench-raw", autocommit=True)
-    register_vector(conn)
-    set_json_loads(orjson.Fragment, conn)
-    QUERIES.configure_session.run(conn, statement_timeout="10000ms")
-    conn.commit()
-    return conn
+    def __init__(self, url: str) -> None:
+        settings = Settings(database_url=url, pool_min_size=1, pool_max_size=1)
+        self.db = Database(settings, url)
+        self.db.pool.open(wait=True)
+        self.store = Store.build(settings, self.db, Tokenizer(ESTIMATE, estimate_tokens))
 
-
-def _run(conn, statement: Statement, params: dict[str, Any]) -> Any:
-    result = statement.run(conn, **params)
-    conn.commit()  # a no-op in autocommit; kept so a transactional connection measures the same
-    return result
+    def close(self) -> None:
+        self.db.close()
 
 
-@lru_cache(maxsize=1)
-def _max_lineage_depth() -> int:
-    from service.config import Settings
+def connect(url: str) -> RawStore:
+    return RawStore(url)
 
-    return Settings().max_lineage_depth
+
+@contextmanager
+def captured() -> Iterator[list[tuple[sql.Statement, dict[str, Any]]]]:
+    """Record every named statement run inside the block, with its parameters."""
+    seen: list[tuple[sql.Statement, dict[str, Any]]] = []
+    original = sql.Statement.run
+
+    def recording(self, conn, **params):
+        seen.append((self, params))
+        return original(self, conn, **params)
+
+    sql.Statement.run = recording
+    try:
+        yield seen
+    finally:
+        sql.Statement.run = original
 
 
 # ---------------------------------------------------------------- one function per operation
 
 
-def create(conn) -> Any:
+def create(raw: RawStore) -> Any:
     """Create one context; the new row."""
-    return _run(conn, QUERIES.insert_context, dict(id=uuid7(), tenant=TENANT, metadata='{"bench":"create"}'))
+    return raw.store.contexts.create(TENANT, {"bench": "create"})
 
 
-def append(conn, context_id: UUID, batch: list[dict[str, Any]]) -> Any:
-    """Append a batch of messages to a context; None when nothing was written."""
-    # token counts given, or the service's fallback estimate: raw cells never run the tokenizer
-    counts = [m.get("token_count", (len(m["content"].encode()) + 3) // 4) for m in batch]
-    return _run(conn, QUERIES.insert_messages, dict(
-        tenant=TENANT, context_id=context_id, count=len(batch), batch_tokens=sum(counts), if_match=None,
-        roles=[m["role"] for m in batch], contents=[m["content"] for m in batch], token_counts=counts,
-        embeddings=[None] * len(batch), metadata=["{}"] * len(batch),
-    ))
+def append(raw: RawStore, context_id: UUID, batch: list[dict[str, Any]]) -> Any:
+    """Append a batch of messages to a context."""
+    return raw.store.messages.append(TENANT, context_id, batch)
 
 
-def last_statement(context_id: UUID, limit: int) -> tuple[Statement, dict[str, Any]]:
-    # the service asks for one more row than the page, to tell has_more
-    return QUERIES.list_messages_desc, dict(
-        tenant=TENANT, context_id=context_id, limit=limit + 1, after=0, before=2**62,
-        as_of_version=None, as_of=None, include_embedding=False)
+def last(raw: RawStore, context_id: UUID, limit: int) -> Any:
+    """The newest `limit` messages of a context."""
+    return raw.store.messages.list(TENANT, context_id, limit=limit, descending=True)
 
 
-def last(conn, context_id: UUID, limit: int) -> Any:
-    """The newest `limit` messages of a context (and one more); their rows."""
-    return _run(conn, *last_statement(context_id, limit))
+def window(raw: RawStore, context_id: UUID, max_tokens: int) -> Any:
+    """The newest messages of a context within max_tokens."""
+    return raw.store.messages.window(TENANT, context_id, max_tokens=max_tokens)
 
 
-def window_statement(context_id: UUID, max_tokens: int) -> tuple[Statement, dict[str, Any]]:
-    return QUERIES.get_window, dict(
-        tenant=TENANT, context_id=context_id, max_tokens=max_tokens, pin_system=False,
-        as_of_version=None, as_of=None)
+def get(raw: RawStore, context_id: UUID, version: int) -> Any:
+    """One message of a context by version."""
+    return raw.store.messages.get(TENANT, context_id, version)
 
 
-def window(conn, context_id: UUID, max_tokens: int) -> Any:
-    """The newest messages of a context within max_tokens; their rows."""
-    return _run(conn, *window_statement(context_id, max_tokens))
-
-
-def get_statement(context_id: UUID, version: int) -> tuple[Statement, dict[str, Any]]:
-    return QUERIES.get_message, dict(tenant=TENANT, context_id=context_id, version=version,
-                                     include_embedding=False)
-
-
-def get(conn, context_id: UUID, version: int) -> Any:
-    """One message of a context by version; its row or None."""
-    return _run(conn, *get_statement(context_id, version))
-
-
-def fork(conn, parent_id: UUID) -> Any:
-    """Fork a context at its head; the new row or None."""
-    return _run(conn, QUERIES.insert_fork, dict(
-        id=uuid7(), tenant=TENANT, parent_id=parent_id, at_version=None, metadata=None,
-        max_segments=_max_lineage_depth()))
+def fork(raw: RawStore, parent_id: UUID) -> Any:
+    """Fork a context at its head; the new row."""
+    return raw.store.contexts.fork(TENANT, parent_id, at_version=None, metadata=None)
 
 
 # ---------------------------------------------------------------- cells
 
 
-def operation(spec: dict[str, Any], conn, rng: random.Random) -> Callable[[], None]:
+def operation(spec: dict[str, Any], conn: RawStore, rng: random.Random) -> Callable[[], None]:
     """A zero-argument callable doing one operation of the cell; raises on failure."""
     op = spec["op"]
     args = spec["args"]
@@ -124,40 +107,35 @@ def operation(spec: dict[str, Any], conn, rng: random.Random) -> Callable[[], No
         batch = message_batch(args["batch_size"], args["seed"], True)
 
         def do_append() -> None:
-            if append(conn, context_id, batch) is None:
-                raise RuntimeError("insert_messages wrote nothing")
+            append(conn, context_id, batch)
 
         return do_append
     if op == "list":
         context_id, limit = UUID(args["context_id"]), args["limit"]
 
         def do_list() -> None:
-            if not last(conn, context_id, limit):
-                raise RuntimeError("list_messages_desc returned no row")
+            last(conn, context_id, limit)
 
         return do_list
     if op == "window":
         context_id, max_tokens = UUID(args["context_id"]), args["max_tokens"]
 
         def do_window() -> None:
-            if not window(conn, context_id, max_tokens):
-                raise RuntimeError("get_window returned no row")
+            window(conn, context_id, max_tokens)
 
         return do_window
     if op == "get":
         context_id, head = UUID(args["context_id"]), args["head"]
 
         def do_get() -> None:
-            if not get(conn, context_id, rng.randint(1, head)):
-                raise RuntimeError("get_message returned no row")
+            get(conn, context_id, rng.randint(1, head))
 
         return do_get
     if op == "fork":
         parent_id = UUID(args["parent_id"])
 
         def do_fork() -> None:
-            if fork(conn, parent_id) is None:
-                raise RuntimeError("insert_fork wrote nothing")
+            fork(conn, parent_id)
 
         return do_fork
     if op == "create":
