@@ -18,6 +18,25 @@ access_log = logging.getLogger("context_store.access")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
+def _escape(char: str) -> str:
+    code = ord(char)
+    if char == "\\":
+        return "\\\\"
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def printable(text: str) -> str:
+    """Text from a request made safe for a log line: control and other
+    non-printable characters (CR, LF, ESC, bidi overrides, line separators) as
+    \\xNN, \\uNNNN or \\UNNNNNNNN, and the backslash doubled, so a client can neither
+    forge a line nor send escape sequences to an operator's terminal."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(c if c.isprintable() and c != "\\" else _escape(c) for c in text)
+
+
 class RequestContext:
     def __init__(self, max_body_bytes: int, tenant: str = "default") -> None:
         self.max_body_bytes = max_body_bytes
@@ -41,8 +60,8 @@ class RequestContext:
             started = req.context.get("started") or time.perf_counter()
             access_log.info(
                 "%s %s %s %.1fms request_id=%s",
-                req.method,
-                req.path,
+                printable(req.method),
+                printable(req.path),
                 resp.status_code,
                 (time.perf_counter() - started) * 1000,
                 request_id,
