@@ -34,6 +34,11 @@ def _migrate(settings: Settings) -> int:
     return 0
 
 
+def _fail(message: str, code: int) -> int:
+    print(f"context-store: {message}", file=sys.stderr)
+    return code
+
+
 def _when(moment) -> str:
     # To the minute: last_used_at is only noted once a minute anyway.
     return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%MZ")
@@ -42,6 +47,25 @@ def _when(moment) -> str:
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def _keys_command(keys, args: argparse.Namespace, key_id) -> None:
+    if args.keys_command == "create":
+        created = keys.create(args.tenant, args.name)
+        print(f"id: {created.id}\ntenant: {created.tenant}\nname: {created.name or '-'}\nkey: {created.key}")
+        print("context-store: the key is shown only this once (only its hash is stored)", file=sys.stderr)
+    elif args.keys_command == "list":
+        header = ["ID", "TENANT", "NAME", "KEY", "CREATED", "LAST USED", "REVOKED"]
+        rows = [
+            [str(r["id"]), r["tenant"], r["name"] or "-", r["prefix"] + "…",
+             _when(r["created_at"]), _when(r["last_used_at"]), _when(r["revoked_at"])]
+            for r in keys.list(args.tenant)
+        ]  # fmt: skip
+        print(_table([header, *rows]))
+    else:
+        row = keys.revoke(key_id)
+        state = "was already revoked" if row["was_revoked"] else "revoked"
+        print(f"{row['id']} (tenant {row['tenant']}) {state} at {_when(row['revoked_at'])}")
 
 
 def _keys(settings: Settings, args: argparse.Namespace) -> int:
@@ -60,47 +84,24 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
         try:
             key_id = UUID(args.key_id)
         except ValueError:
-            print(f"context-store: invalid KEY_ID {args.key_id!r}: expected a key id as `keys list` shows it", file=sys.stderr)
-            return 2
+            return _fail(f"invalid KEY_ID {args.key_id!r}: expected a key id as `keys list` shows it", 2)
     runtime.configure_logging(settings.log_level)
     database = None
     try:
         conninfo = runtime.start_database(settings)
         if not keys_table_exists(conninfo, settings.connect_timeout):
-            print("context-store: the database has no api_keys table yet: run `context-store migrate` first",
-                  file=sys.stderr)
-            return 1
+            return _fail("the database has no api_keys table yet: run `context-store migrate` first", 1)
         # One command, one statement: a single connection is plenty.
         database = Database(dataclasses.replace(settings, pool_min_size=1, pool_max_size=1), conninfo)
         database.open()
-        keys = Keys(database)
-        if args.keys_command == "create":
-            created = keys.create(args.tenant, args.name)
-            print(f"id: {created.id}\ntenant: {created.tenant}\nname: {created.name or '-'}\nkey: {created.key}")
-            print("context-store: the key is shown only this once (only its hash is stored)", file=sys.stderr)
-        elif args.keys_command == "list":
-            rows = keys.list(args.tenant)
-            header = ["ID", "TENANT", "NAME", "KEY", "CREATED", "LAST USED", "REVOKED"]
-            print(_table([header] + [
-                [str(r["id"]), r["tenant"], r["name"] or "-", r["prefix"] + "…", _when(r["created_at"]),
-                 _when(r["last_used_at"]), _when(r["revoked_at"])]
-                for r in rows
-            ]))
-        else:
-            row = keys.revoke(key_id)
-            state = "was already revoked" if row["was_revoked"] else "revoked"
-            print(f"{row['id']} (tenant {row['tenant']}) {state} at {_when(row['revoked_at'])}")
+        _keys_command(Keys(database), args, key_id)
     except Invalid as exc:
-        where = ", ".join(f"--{e.get('parameter')}: {e['detail']}" for e in exc.errors)
-        print(f"context-store: invalid {where}", file=sys.stderr)
-        return 2
+        return _fail("invalid " + ", ".join(f"--{e.get('parameter')}: {e['detail']}" for e in exc.errors), 2)
     except (NotFound, Unavailable) as exc:
-        print(f"context-store: {exc.detail}", file=sys.stderr)
-        return 1
+        return _fail(exc.detail, 1)
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"context-store: the database is unavailable: {reason}", file=sys.stderr)
-        return 1
+        return _fail(f"the database is unavailable: {reason}", 1)
     finally:
         if database is not None:
             database.close()
