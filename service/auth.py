@@ -47,8 +47,10 @@ def bearer_credential(header: str | None) -> str | None:
 
 
 def guarded(path: str) -> bool:
-    """Whether a path is under `/v1`, where keys apply."""
-    return path == "/v1" or path.startswith("/v1/")
+    """Whether a path is under `/v1`, where keys apply, as Falcon's router sees it."""
+    # The router ignores leading slashes: `//v1/contexts` is served by `/v1/contexts`.
+    route = path.lstrip("/")
+    return route == "v1" or route.startswith("v1/")
 
 
 class Authenticator:

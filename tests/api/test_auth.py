@@ -141,6 +141,8 @@ def test_a_request_without_a_key_is_401_once_keys_exist(tiny, keys):
     doc = refused(tiny.get("/v1/whoami", status=401))
     assert "Authorization: Bearer" in doc["detail"]
     refused(tiny.get("/v1", status=401))
+    # Falcon routes `//v1/whoami` to `/v1/whoami`: it must not slip past.
+    refused(tiny.get("//v1/whoami", status=401))
 
 
 @pytest.mark.parametrize(

@@ -91,7 +91,8 @@ def test_bearer_credential_is_read_from_the_bearer_scheme_only(header, credentia
 @pytest.mark.parametrize(
     ("path", "expected"),
     [("/v1", True), ("/v1/", True), ("/v1/contexts", True), ("/v10", False), ("/health", False),
-     ("/openapi.json", False), ("/", False), ("/v1x/contexts", False)],
+     ("/openapi.json", False), ("/", False), ("/v1x/contexts", False), ("//v1/contexts", True),
+     ("///v1", True), ("//health", False)],
 )
 def test_only_v1_paths_are_guarded(path, expected):
     assert guarded(path) is expected
