@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from uuid import UUID
+
+    from .queries.keys import Keys
 
 
 def _serve(settings: Settings) -> int:
@@ -49,7 +55,7 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
-def _keys_command(keys, args: argparse.Namespace, key_id) -> None:
+def _keys_command(keys: Keys, args: argparse.Namespace, key_id: UUID | None) -> None:
     if args.keys_command == "create":
         created = keys.create(args.tenant, args.name)
         print(f"id: {created.id}\ntenant: {created.tenant}\nname: {created.name or '-'}\nkey: {created.key}")
@@ -57,7 +63,7 @@ def _keys_command(keys, args: argparse.Namespace, key_id) -> None:
     elif args.keys_command == "list":
         header = ["ID", "TENANT", "NAME", "KEY", "CREATED", "LAST USED", "REVOKED"]
         rows = [
-            [str(r["id"]), r["tenant"], r["name"] or "-", r["prefix"] + "…",
+            [str(r["id"]), r["tenant"], r["name"] or "-", r["prefix"] + "...",
              _when(r["created_at"]), _when(r["last_used_at"]), _when(r["revoked_at"])]
             for r in keys.list(args.tenant)
         ]  # fmt: skip

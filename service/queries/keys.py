@@ -101,7 +101,11 @@ class Keys:
 
     def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
         """Every key (or tenant's), ordered by tenant then age: id, tenant, name, prefix,
-        created_at, last_used_at (to the minute), revoked_at (None while live)."""
+        created_at, last_used_at (to the minute), revoked_at (None while live).
+
+        Raise Invalid naming `tenant` when it could not be a tenant at all."""
+        if tenant is not None:
+            check_tenant(tenant)
         with self.db.connection() as conn:
             return QUERIES.list_keys.run(conn, tenant=tenant)
 
