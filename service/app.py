@@ -5,6 +5,7 @@ from __future__ import annotations
 import falcon
 
 from . import problems
+from .auth import Authenticator
 from .config import Settings
 from .http import BodyReader
 from .limits import MAX_VERSION
@@ -23,15 +24,16 @@ def create_app(settings: Settings, store: Store) -> falcon.App:
     """The WSGI app over a store whose database is open."""
     schemas = RequestSchemas(settings)
     read_body = BodyReader(settings.max_body_bytes)
-    app = falcon.App(middleware=[RequestContext(settings.max_body_bytes)])
+    authenticator = Authenticator(store.keys, settings.auth_cache_ttl)
+    app = falcon.App(middleware=[RequestContext(settings.max_body_bytes), authenticator])
     app.req_options.keep_blank_qs_values = True
     app.req_options.strip_url_path_trailing_slash = False
     problems.install(app, settings.retry_after)
 
     document = OpenApi(schemas)
     for path, resource in (
-        ("/health", health.Health(store.health, schemas, pool_timeout=settings.pool_timeout,
-                                  retry_after=settings.retry_after)),
+        ("/health", health.Health(store.health, schemas, keys_required=authenticator.keys_required,
+                                  pool_timeout=settings.pool_timeout, retry_after=settings.retry_after)),
         ("/openapi.json", document),
         ("/v1/contexts", contexts.Collection(store.contexts, schemas, read_body)),
         (CONTEXT, contexts.Item(store.contexts, schemas, read_body)),

@@ -6,8 +6,10 @@ and exits non-zero.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -117,6 +119,8 @@ _SPEC: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("max_page_size", "MAX_PAGE_SIZE", _int(1, 100_000)),
     ("max_lineage_depth", "MAX_LINEAGE_DEPTH", _int(1, 10_000)),
     ("log_level", "LOG_LEVEL", _choice("debug", "info", "warning", "error")),
+    # API keys and tenants
+    ("auth_cache_ttl", "AUTH_CACHE_TTL_SECONDS", _float(0, 5)),
 )
 
 
@@ -124,7 +128,8 @@ _SPEC: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
 class Settings:
     """Immutable configuration of one process; see the README's table."""
 
-    database_url: str | None = None
+    # Kept out of repr: a URL may carry a password (see redact_url).
+    database_url: str | None = dataclasses.field(default=None, repr=False)
     host: str = "127.0.0.1"
     allow_open_access: bool = False
     port: int = 8000
@@ -152,6 +157,8 @@ class Settings:
     max_page_size: int = 1000
     max_lineage_depth: int = 256
     log_level: str = "info"
+    # API keys and tenants
+    auth_cache_ttl: float = 2.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -165,17 +172,13 @@ class Settings:
             try:
                 values[field] = parse(raw)
             except ValueError as exc:
-                raise ConfigError(f"invalid {variable}={raw!r}: {exc}") from None
+                shown = redact_url(raw) if field == "database_url" else raw
+                raise ConfigError(f"invalid {variable}={shown!r}: {exc}") from None
         settings = cls(**values)
         settings._check()
         return settings
 
     def _check(self) -> None:
-        if not self.allow_open_access and not is_loopback(self.host):
-            raise ConfigError(
-                f"invalid HOST={self.host!r}: the service has no API keys and would serve anyone who can "
-                "reach this address; bind a loopback address or set ALLOW_OPEN_ACCESS=true deliberately"
-            )
         if self.pool_min_size > self.pool_max_size:
             raise ConfigError(
                 f"invalid DB_POOL_MIN_SIZE={self.pool_min_size}: exceeds DB_POOL_MAX_SIZE={self.pool_max_size}"
@@ -209,3 +212,31 @@ def variables() -> list[tuple[str, Any]]:
     """(variable, default) for every setting, in documentation order."""
     defaults = {f.name: f.default for f in fields(Settings)}
     return [(variable, defaults[field]) for field, variable, _parse in _SPEC]
+
+
+# password=... in a libpq keyword string or a URL's query, quoted or not.
+_PASSWORD_PARAM = re.compile(r"(?i)(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)")
+_REDACTED = "***"
+
+
+def redact_url(url: str) -> str:
+    """A database URL (or libpq keyword string) safe to print: any password, in
+    the user info or as a parameter, becomes `***`; the user, host, port and
+    database stay. Text that cannot be parsed is over-redacted, never under."""
+    text = _PASSWORD_PARAM.sub(lambda m: m.group(1) + _REDACTED, url)
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "", text
+    authority_end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    at = rest.rfind("@", 0, authority_end)
+    if at < 0:
+        # An unencoded '/', '?' or '#' in a password ends the authority early:
+        # hide everything up to the last '@' rather than print part of it.
+        at = rest.rfind("@")
+        if at < 0:
+            return text
+        return f"{scheme}{sep}{_REDACTED}@{rest[at + 1:]}"
+    user, colon, _password = rest[:at].partition(":")
+    if not colon:
+        return text
+    return f"{scheme}{sep}{user}:{_REDACTED}@{rest[at + 1:]}"

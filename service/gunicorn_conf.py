@@ -2,9 +2,12 @@
 imports this module, so `gunicorn -c gunicorn.conf.py` and `context-store serve`
 run the same configuration)."""
 
-from service import runtime
+import logging
+
+from service import auth, runtime
 
 _settings = runtime.settings()
+_conninfo: str | None = None
 
 bind = f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"
 workers = _settings.web_concurrency
@@ -24,8 +27,19 @@ control_socket_disable = True
 
 
 def on_starting(server):
+    global _conninfo
     runtime.configure_logging(_settings.log_level)
-    runtime.prepare_database(_settings)
+    _conninfo = runtime.prepare_database(_settings)
+
+
+def when_ready(server):
+    # After binding and before forking: the real listeners, however the bind was
+    # given (HOST, GUNICORN_CMD_ARGS, a config file, systemd sockets). With
+    # --reuse-port the workers bind instead, so the configured addresses stand in.
+    refusal = auth.open_access_refusal(_settings, _conninfo, server.LISTENERS or server.cfg.address)
+    if refusal is not None:
+        logging.getLogger("context_store").error("%s", refusal)
+        server.halt(exit_status=1)
 
 
 def on_exit(server):

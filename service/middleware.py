@@ -11,6 +11,7 @@ import uuid
 import falcon
 
 from .http import too_large
+from .logs import printable
 
 access_log = logging.getLogger("context_store.access")
 
@@ -41,8 +42,8 @@ class RequestContext:
             started = req.context.get("started") or time.perf_counter()
             access_log.info(
                 "%s %s %s %.1fms request_id=%s",
-                req.method,
-                req.path,
+                printable(req.method),
+                printable(req.path),
                 resp.status_code,
                 (time.perf_counter() - started) * 1000,
                 request_id,

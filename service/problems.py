@@ -16,6 +16,7 @@ import falcon
 import orjson
 
 from .errors import Invalid, MalformedBody, NotFound, PreconditionFailed, Unavailable
+from .logs import printable
 
 log = logging.getLogger("context_store")
 
@@ -119,8 +120,8 @@ def install(app: falcon.App, retry_after: int) -> None:
     def on_unexpected(req, resp, error, params):
         log.error(
             "unhandled error on %s %s (request %s)",
-            req.method,
-            req.path,
+            printable(req.method),
+            printable(req.path),
             getattr(req.context, "request_id", "-"),
             exc_info=error,
         )

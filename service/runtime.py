@@ -76,11 +76,6 @@ def prepare_database(settings: Settings) -> str:
     The tokenizer is loaded here too: its vocabulary (about 75 MiB for o200k_base)
     is then shared by the workers copy-on-write instead of loaded by each."""
     global _tokenizer
-    log.warning(
-        "authentication is disabled (no API keys): one open tenant, serving anyone who reaches %s:%s",
-        settings.host,
-        settings.port,
-    )
     _tokenizer = load_tokenizer(settings.tokenizer_encoding)
     conninfo = start_database(settings)
     if settings.migrate_on_start:

@@ -12,6 +12,7 @@ from ..db import Database
 from ..tokens import Tokenizer
 from .contexts import Contexts
 from .health import Health
+from .keys import Keys
 from .messages import Messages
 
 
@@ -20,6 +21,7 @@ class Store:
     contexts: Contexts
     messages: Messages
     health: Health
+    keys: Keys
 
     @classmethod
     def build(cls, settings: Settings, db: Database, tokenizer: Tokenizer) -> Store:
@@ -28,4 +30,5 @@ class Store:
                               max_lineage_depth=settings.max_lineage_depth),
             messages=Messages(db, tokenizer),
             health=Health(db, tokenizer),
+            keys=Keys(db),
         )

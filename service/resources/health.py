@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import falcon
 
 from .. import __version__
@@ -14,14 +16,15 @@ from ..schemas.requests import RequestSchemas
 
 
 class Health:
-    def __init__(self, checks: HealthChecks, schemas: RequestSchemas, *, pool_timeout: float,
-                 retry_after: int) -> None:
+    def __init__(self, checks: HealthChecks, schemas: RequestSchemas, *, keys_required: Callable[[], bool],
+                 pool_timeout: float, retry_after: int) -> None:
         self.checks = checks
         self.schemas = schemas
+        self.keys_required = keys_required
         # Answer well within a load balancer's probe time-out when the database is down.
         self.timeout = min(pool_timeout, 2.0)
         self.retry_after = str(retry_after)
-        self.about = {"version": __version__, "tokenizer": checks.tokenizer, "auth": "disabled"}
+        self.about = {"version": __version__, "tokenizer": checks.tokenizer}
 
     @operation(
         "getHealth", tag="meta", summary="Service, database and tokenizer health", ok="200", ok_schema="Health",
@@ -32,10 +35,12 @@ class Health:
         load_query(self.schemas.no_query, req.params)
         try:
             latency = self.checks.database_latency_ms(self.timeout)
+            about = {**self.about, "auth": "enabled" if self.keys_required() else "disabled"}
         except Unavailable:
             # API.md's health shape, not a problem document: `status` stays the
             # string that health checkers read.
             resp.set_header("Retry-After", self.retry_after)
-            send(resp, {"status": "unavailable", "database": {"status": "unavailable"}, **self.about}, 503)
+            about = {**self.about, "auth": "unknown"}
+            send(resp, {"status": "unavailable", "database": {"status": "unavailable"}, **about}, 503)
             return
-        send(resp, {"status": "ok", "database": {"status": "ok", "latency_ms": latency}, **self.about})
+        send(resp, {"status": "ok", "database": {"status": "ok", "latency_ms": latency}, **about})

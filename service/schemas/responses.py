@@ -69,7 +69,11 @@ class HealthOut(Schema):
     database = fields.Nested(DatabaseHealth, required=True)
     version = fields.String(required=True)
     tokenizer = fields.String(required=True)
-    auth = fields.String(required=True)
+    auth = fields.String(
+        required=True,
+        validate=validate.OneOf(("enabled", "disabled", "unknown")),
+        metadata={"description": "enabled: /v1 needs an API key; disabled: no key exists (open); unknown: database down"},
+    )
 
 
 class ValidationIssue(Schema):

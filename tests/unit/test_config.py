@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from service import config
-from service.config import MIB, ConfigError, Settings, variables
+from service.config import MIB, ConfigError, Settings, redact_url, variables
 
 ALL_VARIABLES = [variable for _field, variable, _parse in config._SPEC]
 
@@ -103,6 +103,9 @@ def test_from_env_reads_os_environ_when_no_mapping_is_given(monkeypatch):
         ("LOG_LEVEL", "DEBUG", "log_level", "debug"),
         ("LOG_LEVEL", " warning ", "log_level", "warning"),
         ("LOG_LEVEL", "error", "log_level", "error"),
+        ("AUTH_CACHE_TTL_SECONDS", "0", "auth_cache_ttl", 0.0),
+        ("AUTH_CACHE_TTL_SECONDS", "5", "auth_cache_ttl", 5.0),
+        ("AUTH_CACHE_TTL_SECONDS", "0.5", "auth_cache_ttl", 0.5),
     ],
 )
 def test_each_variable_is_parsed_into_its_field(variable, raw, field, expected):
@@ -154,6 +157,9 @@ def test_every_variable_of_the_table_is_exercised_by_the_parsing_test():
         ("LOG_LEVEL", "loud"),
         ("DATABASE_URL", "mysql://user@db/cs"),
         ("DATABASE_URL", "host=localhost dbname=cs"),
+        ("AUTH_CACHE_TTL_SECONDS", "5.1"),
+        ("AUTH_CACHE_TTL_SECONDS", "-1"),
+        ("AUTH_CACHE_TTL_SECONDS", "soon"),
     ],
 )
 def test_a_bad_value_raises_config_error_naming_the_variable(variable, raw):
@@ -299,6 +305,7 @@ def test_each_listed_variable_changes_its_setting():
         "MAX_PAGE_SIZE": "13",
         "MAX_LINEAGE_DEPTH": "3",
         "LOG_LEVEL": "debug",
+        "AUTH_CACHE_TTL_SECONDS": "1",
     }
     assert sorted(samples) == sorted(name for name, _ in variables())
     default = Settings()
@@ -308,12 +315,51 @@ def test_each_listed_variable_changes_its_setting():
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.1", "example.org"])
-def test_a_non_loopback_host_is_refused_while_the_service_runs_open(host):
+def test_a_non_loopback_host_is_a_valid_setting(host):
+    # Whether it may be served open depends on the keys in the database and on the
+    # real listeners, however bound: gunicorn's master checks that (service/auth.py).
+    settings = Settings.from_env({"HOST": host})
+    assert settings.host == host and not settings.allow_open_access
+
+
+# --- redact_url -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        ("postgresql://app:s3cret@db:5432/cs", "postgresql://app:***@db:5432/cs"),
+        ("postgres://app:s3cret@db/cs?sslmode=require", "postgres://app:***@db/cs?sslmode=require"),
+        ("postgresql://app@db/cs", "postgresql://app@db/cs"),
+        ("postgresql://db/cs", "postgresql://db/cs"),
+        ("postgresql://:s3cret@db/cs", "postgresql://:***@db/cs"),
+        ("postgresql://app:p%40ss@db/cs", "postgresql://app:***@db/cs"),
+        ("postgresql://app:p@ss@db/cs", "postgresql://app:***@db/cs"),
+        ("postgresql://app:pa/ss@db/cs", "postgresql://***@db/cs"),
+        ("postgresql://app:pa?ss@db/cs", "postgresql://***@db/cs"),
+        ("postgresql://app:pa#ss@db/cs", "postgresql://***@db/cs"),
+        ("postgresql:///cs?host=/run/pg&password=s3cret&port=5", "postgresql:///cs?host=/run/pg&password=***&port=5"),
+        ("postgresql://db/cs?sslpassword=s3cret", "postgresql://db/cs?sslpassword=***"),
+        ("postgresql://db/cs?PASSWORD=s3cret", "postgresql://db/cs?PASSWORD=***"),
+        ("mysql://root:s3cret@db/cs", "mysql://root:***@db/cs"),
+        ("root:s3cret@db", "root:***@db"),
+        ("host=db user=app password=s3cret dbname=cs", "host=db user=app password=*** dbname=cs"),
+        ("host=db password = 's3 cr\\'et' dbname=cs", "host=db password = *** dbname=cs"),
+        ("", ""),
+    ],
+)
+def test_redact_url_hides_every_password_and_keeps_the_rest(url, redacted):
+    assert redact_url(url) == redacted
+    assert "s3cret" not in redact_url(url) and "s3 cr" not in redact_url(url)
+
+
+def test_an_invalid_database_url_is_reported_without_its_password():
     with pytest.raises(ConfigError) as info:
-        Settings.from_env({"HOST": host})
-    assert "HOST" in str(info.value) and "ALLOW_OPEN_ACCESS" in str(info.value)
+        Settings.from_env({"DATABASE_URL": "mysql://root:hunter2@db/cs"})
+    assert str(info.value) == "invalid DATABASE_URL='mysql://root:***@db/cs': expected a postgresql:// URL"
 
 
-def test_a_non_loopback_host_is_served_when_open_access_is_allowed_deliberately():
-    settings = Settings.from_env({"HOST": "0.0.0.0", "ALLOW_OPEN_ACCESS": "true"})
-    assert settings.host == "0.0.0.0" and settings.allow_open_access
+def test_settings_repr_leaves_the_database_url_out():
+    settings = Settings.from_env({"DATABASE_URL": "postgresql://app:hunter2@db/cs"})
+    assert "hunter2" not in repr(settings) and "database_url" not in repr(settings)
+    assert settings.database_url == "postgresql://app:hunter2@db/cs"
