@@ -72,7 +72,11 @@ def etag(version: int) -> str:
     return f'"{version}"'
 
 
-_ETAG = re.compile(r'\s*(W/)?"(\d{1,18})"\s*')
+# What If-Match accepts, as published in the OpenAPI document: `*` or a list of
+# entity tags "<version>" (weak ones parse, and never match).
+IF_MATCH_PATTERN = r'^[ \t]*(\*|(W/)?"[0-9]{1,18}"([ \t]*,[ \t]*(W/)?"[0-9]{1,18}")*)[ \t]*$'
+_IF_MATCH = re.compile(IF_MATCH_PATTERN)
+_TAG = re.compile(r'(W/)?"([0-9]{1,18})"')
 
 
 def parse_if_match(header: str | None) -> list[int] | None:
@@ -81,16 +85,13 @@ def parse_if_match(header: str | None) -> list[int] | None:
     Weak tags never match (If-Match compares strongly). A header that is not a
     list of quoted versions is a 422 naming the header.
     """
-    if header is None or header.strip() == "*":
+    if header is None:
         return None
-    versions: list[int] = []
-    for part in header.split(","):
-        match = _ETAG.fullmatch(part)
-        if match is None:
-            raise Invalid([{"header": "If-Match", "detail": 'Expected "<head_version>" or *.'}])
-        if match.group(1) is None:
-            versions.append(int(match.group(2)))
-    return versions
+    if _IF_MATCH.fullmatch(header) is None:
+        raise Invalid([{"header": "If-Match", "detail": 'Expected "<head_version>" (a list of them) or *.'}])
+    if header.strip(" \t") == "*":
+        return None
+    return [int(version) for weak, version in _TAG.findall(header) if not weak]
 
 
 def cacheable(req: falcon.Request, resp: falcon.Response, version: int, document: Any) -> None:

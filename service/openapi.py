@@ -24,6 +24,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from . import __version__
 from .config import Settings
 from .schemas import responses
+from .schemas.fields import METADATA_MARK
 from .schemas.loading import load_query
 from .schemas.requests import RequestSchemas
 
@@ -62,13 +63,14 @@ Rules the server enforces that this document's schemas cannot express:
   implied by the byte limit.
 - `as_of_version` and `at_version` past the head are 422, a version past the head
   in a path is 404: the head is data, not schema.
-- `metadata` as a query parameter is a JSON object written as text (400 when it is
-  not JSON).
+- An `after` cursor of `GET /v1/contexts` that this API did not return is 422: the
+  cursor is opaque.
 """
 
 # status -> description, for the statuses the builder adds by rule.
 _STANDARD = {
     "304": "Not modified: If-None-Match holds this version",
+    "401": "API key missing, unknown or revoked (only when the server has keys; see WWW-Authenticate)",
     "400": "Body (or metadata filter) is not JSON",
     "404": "Unknown or deleted context, malformed id, unknown version",
     "412": "If-Match did not match the head (the current head is in ETag)",
@@ -82,6 +84,7 @@ _HEADERS = {
     "Location": {"description": "URL of the new context", "schema": {"type": "string"}},
     "Link": {"description": 'rel="next": the absolute URL of the next page, when has_more', "schema": {"type": "string"}},
     "Retry-After": {"description": "seconds", "schema": {"type": "integer"}},
+    "WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}},
     "X-Request-Id": {"description": "the client's, echoed, or generated", "schema": {"type": "string"}},
 }
 
@@ -176,7 +179,7 @@ def _response(description: str, schema: str | None, headers: tuple[str, ...], me
 
 
 def _problem(code: str) -> dict[str, Any]:
-    headers = ("Retry-After",) if code == "503" else ("ETag",) if code == "412" else ()
+    headers = {"503": ("Retry-After",), "412": ("ETag",), "401": ("WWW-Authenticate",)}.get(code, ())
     if code == "304":
         return _response(_STANDARD[code], None, ("ETag",))
     return _response(_STANDARD[code], "Problem", headers, "application/problem+json")
@@ -223,6 +226,9 @@ def build_spec(app: falcon.App, schemas: RequestSchemas, settings: Settings) -> 
         statuses = {"422", "503", *doc.statuses}
         if path_parameters:
             statuses.add("404")
+        keyed = path.startswith("/v1/")
+        if keyed:
+            statuses.add("401")
         parameters: list[dict[str, Any]] = [*path_parameters, REQUEST_ID, *doc.headers]
         if doc.query is not None:
             parameters.append({"in": "query", "schema": schemas.classes[doc.query]})
@@ -234,6 +240,9 @@ def build_spec(app: falcon.App, schemas: RequestSchemas, settings: Settings) -> 
             "responses": {doc.ok: _response(doc.summary if doc.ok == "200" else "Done", doc.ok_schema, doc.ok_headers)},
             **doc.extra,
         }
+        if keyed:
+            # A key when the server has keys; none when it runs open.
+            operation["security"] = [{"apiKey": []}, {}]
         if doc.body is not None:
             statuses |= {"400", "413", "415"}
             bodies.add(doc.body)
@@ -253,9 +262,14 @@ def build_spec(app: falcon.App, schemas: RequestSchemas, settings: Settings) -> 
 
     for name in sorted(bodies):  # nested schemas (MessageIn) register themselves
         spec.components.schema(name, schema=schemas.classes[name])
+    spec.components.security_scheme(
+        "apiKey",
+        {"type": "http", "scheme": "bearer", "description": "an API key made with `context-store keys create`"},
+    )
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)
     document = spec.to_dict()
+    _json_objects(document)
     # The embedding's length is the deployment's, known only here.
     embedding = document["components"]["schemas"]["Message"]["properties"]["embedding"]
     embedding["description"] = f"{settings.embedding_dim} numbers; only with include=embedding (null when none)"
@@ -267,6 +281,56 @@ def build_spec(app: falcon.App, schemas: RequestSchemas, settings: Settings) -> 
     embedding.pop("type", None)
     embedding.pop("items", None)
     return document
+
+
+NO_NUL = "^[^\\u0000]*$"
+# Metadata as JSON Schema can say it: an object whose keys and strings hold no
+# U+0000 and whose integers fit 64 bits (what orjson reads), at any depth.
+_JSON_SCHEMAS = {
+    "JsonObject": {
+        "type": "object",
+        "propertyNames": {"pattern": NO_NUL},
+        "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
+        "description": "a JSON object: no U+0000 in keys or strings; at most 32 levels deep and "
+        "MAX_METADATA_BYTES of compact JSON (not expressible here)",
+    },
+    "JsonValue": {
+        "anyOf": [
+            {"type": "string", "pattern": NO_NUL},
+            {"type": "integer", "minimum": -(2**63), "maximum": 2**64 - 1},
+            {"type": "number"},
+            {"type": "boolean"},
+            {"type": "null"},
+            {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+            {"$ref": "#/components/schemas/JsonObject"},
+        ]
+    },
+}
+
+
+def _json_objects(document: dict[str, Any]) -> None:
+    """Point every metadata field (marked by schemas/fields.py) at JsonObject; a
+    query parameter holding JSON text becomes a `content` parameter, OpenAPI's way
+    to say a parameter is serialized JSON."""
+    schemas = document["components"]["schemas"]
+    schemas.update(_JSON_SCHEMAS)
+    ref = {"$ref": "#/components/schemas/JsonObject"}
+    for schema in schemas.values():
+        for name, prop in schema.get("properties", {}).items():
+            if prop.pop(METADATA_MARK, None):
+                nullable = "null" in prop.get("type", ())
+                schema["properties"][name] = {
+                    **({"anyOf": [ref, {"type": "null"}]} if nullable else ref),
+                    **({"description": prop["description"]} if "description" in prop else {}),
+                }
+    for item in document["paths"].values():
+        for operation in item.values():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("schema", {}).pop(METADATA_MARK, None):
+                    description = parameter.pop("schema").get("description")
+                    parameter["content"] = {JSON: {"schema": ref}}
+                    if description:
+                        parameter["description"] = description
 
 
 class OpenApi:

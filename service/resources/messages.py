@@ -6,7 +6,7 @@ from uuid import UUID
 
 import falcon
 
-from ..http import BodyReader, cacheable, etag, link_next, parse_if_match, send
+from ..http import IF_MATCH_PATTERN, BodyReader, cacheable, etag, link_next, parse_if_match, send
 from ..openapi import operation
 from ..queries.messages import Messages
 from ..schemas.loading import load_body, load_query
@@ -17,7 +17,7 @@ IF_MATCH = {
     "in": "header",
     "name": "If-Match",
     "required": False,
-    "schema": {"type": "string"},
+    "schema": {"type": "string", "pattern": IF_MATCH_PATTERN},
     "description": 'append only if the head is still this version: "<head_version>" (a list of them) or *',
 }
 IF_NONE_MATCH = {

@@ -9,15 +9,18 @@ import re
 from marshmallow import ValidationError, fields
 
 from ..jsonvalues import NUL_MESSAGE, metadata_problem, parse_json
-from ..limits import FLOAT32_MAX, MAX_VERSION
+from ..limits import FLOAT32_MAX
 
 _NUMBER_TYPES = {int, float}  # exact types: bool is an int subclass and is refused
 
 
 class StrictInteger(fields.Integer):
-    """A JSON integer: no strings, booleans or fractional numbers."""
+    """A JSON integer: no strings or booleans. A number with a zero fraction (1.0)
+    is an integer to JSON Schema, and so here."""
 
     def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.make_error("invalid")
         return super()._deserialize(value, attr, data, **kwargs)
@@ -44,12 +47,18 @@ class StrictString(fields.String):
         return value
 
 
+# The OpenAPI document replaces a field marked so with a reference to its recursive
+# JSON object schema (no U+0000 in any key or string, integers that fit 64 bits).
+METADATA_MARK = "x-json-object"
+
+
 class JsonObject(fields.Dict):
     """Metadata: a JSON object within the deployment's limits (jsonvalues.metadata_problem)."""
 
     def __init__(self, *, max_bytes: int, **kwargs) -> None:
         super().__init__(**kwargs)
         self.max_bytes = max_bytes
+        self.metadata.setdefault(METADATA_MARK, True)
 
     def _deserialize(self, value, attr, data, **kwargs):
         problem = metadata_problem(value, self.max_bytes)
@@ -65,6 +74,7 @@ class JsonObjectText(fields.String):
     def __init__(self, *, max_bytes: int, **kwargs) -> None:
         super().__init__(**kwargs)
         self.max_bytes = max_bytes
+        self.metadata.setdefault(METADATA_MARK, "text")
 
     def _deserialize(self, value, attr, data, **kwargs):
         text = super()._deserialize(value, attr, data, **kwargs)
@@ -116,23 +126,23 @@ class Timestamp(fields.AwareDateTime):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
-_DIGITS = re.compile(r"[0-9]{1,19}")
+# Versions as strings of digits, at most 18 significant ones (below MAX_VERSION):
+# the server accepts exactly what these patterns, published in the document, match.
+VERSION_FROM_0 = "^0*[0-9]{1,18}$"
+VERSION_FROM_1 = "^0*[1-9][0-9]{0,17}$"
 
 
 class VersionCursor(fields.String):
     """A version given as a string of digits: what next_cursor holds, passed back as
     `after` or `before` exactly as it came."""
 
-    def __init__(self, *, minimum: int, **kwargs) -> None:
+    def __init__(self, *, pattern: str, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.minimum = minimum
-        self.metadata.setdefault("pattern", "^[0-9]{1,19}$")
+        self.pattern = re.compile(pattern)
+        self.metadata.setdefault("pattern", pattern)
 
     def _deserialize(self, value, attr, data, **kwargs):
         text = super()._deserialize(value, attr, data, **kwargs)
-        if not _DIGITS.fullmatch(text):
-            raise ValidationError("Not a version: expected a next_cursor, a string of digits.")
-        version = int(text)
-        if not self.minimum <= version <= MAX_VERSION:
-            raise ValidationError(f"Must be between {self.minimum} and {MAX_VERSION}.")
-        return version
+        if not self.pattern.fullmatch(text):
+            raise ValidationError(f"Not a version: expected a next_cursor, digits matching {self.pattern.pattern}.")
+        return int(text)

@@ -8,7 +8,17 @@ from marshmallow import RAISE, Schema, ValidationError, fields, post_load, valid
 
 from ..config import Settings
 from ..limits import MAX_TOKEN_COUNT, MAX_VERSION, MAX_WINDOW_TOKENS, ROLES
-from .fields import Embedding, JsonObject, JsonObjectText, StrictInteger, StrictString, Timestamp, VersionCursor
+from .fields import (
+    VERSION_FROM_0,
+    VERSION_FROM_1,
+    Embedding,
+    JsonObject,
+    JsonObjectText,
+    StrictInteger,
+    StrictString,
+    Timestamp,
+    VersionCursor,
+)
 
 
 class StrictSchema(Schema):
@@ -103,8 +113,12 @@ class RequestSchemas:
         class ListMessagesQuery(PointInTime):
             limit = limit_field()
             order = fields.String(load_default="asc", validate=validate.OneOf(("asc", "desc")))
-            after = VersionCursor(minimum=0, metadata={"description": "versions after this one (a next_cursor)"})
-            before = VersionCursor(minimum=1, metadata={"description": "versions before this one (a next_cursor)"})
+            after = VersionCursor(
+                pattern=VERSION_FROM_0, metadata={"description": "versions after this one (a next_cursor)"}
+            )
+            before = VersionCursor(
+                pattern=VERSION_FROM_1, metadata={"description": "versions before this one (a next_cursor)"}
+            )
             include = fields.String(**INCLUDE)
 
         class MessageQuery(StrictSchema):
