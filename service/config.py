@@ -94,7 +94,7 @@ _SPEC: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("allow_open_access", "ALLOW_OPEN_ACCESS", _bool),
     ("port", "PORT", _int(1, 65535)),
     ("web_concurrency", "WEB_CONCURRENCY", _int(1, 64)),
-    ("worker_class", "GUNICORN_WORKER_CLASS", _choice("gthread", "sync")),
+    ("worker_class", "GUNICORN_WORKER_CLASS", _choice("gthread", "gthread-stock", "sync")),
     ("threads", "GUNICORN_THREADS", _int(1, 64)),
     ("worker_timeout", "GUNICORN_TIMEOUT", _int(2, 3600)),
     ("home", "CONTEXT_STORE_HOME", _text),
@@ -117,6 +117,9 @@ _SPEC: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("max_page_size", "MAX_PAGE_SIZE", _int(1, 100_000)),
     ("max_lineage_depth", "MAX_LINEAGE_DEPTH", _int(1, 10_000)),
     ("log_level", "LOG_LEVEL", _choice("debug", "info", "warning", "error")),
+    # slow clients (service/workers.py)
+    ("client_header_timeout", "CLIENT_HEADER_TIMEOUT", _float(0.5, 300)),
+    ("client_body_timeout", "CLIENT_BODY_TIMEOUT", _float(0.5, 300)),
 )
 
 
@@ -152,6 +155,16 @@ class Settings:
     max_page_size: int = 1000
     max_lineage_depth: int = 256
     log_level: str = "info"
+    # slow clients (service/workers.py). A complete head is one packet for any
+    # client this service expects (a few hundred bytes; measured under 1 ms over
+    # loopback, one round trip elsewhere): 5 s leaves room for a congested mobile
+    # link and retransmissions, yet caps what one idle or dripping connection
+    # costs at 5 s of a socket. The event loop, not a thread, waits meanwhile.
+    client_header_timeout: float = 5.0
+    # Without progress for this long a body is abandoned; it is also the socket
+    # timeout of a thread (bodies the loop cannot frame, response writes), so it
+    # bounds how long one stalled client can hold a thread.
+    client_body_timeout: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
