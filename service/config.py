@@ -156,10 +156,12 @@ class Settings:
     max_lineage_depth: int = 256
     log_level: str = "info"
     # slow clients (service/workers.py). A complete head is one packet for any
-    # client this service expects (a few hundred bytes; measured under 1 ms over
-    # loopback, one round trip elsewhere): 5 s leaves room for a congested mobile
-    # link and retransmissions, yet caps what one idle or dripping connection
-    # costs at 5 s of a socket. The event loop, not a thread, waits meanwhile.
+    # client this service expects (a few hundred bytes: under 1 ms over loopback,
+    # one round trip elsewhere); 5 s leaves room for a congested link and a few
+    # retransmissions. The wait costs a socket, not a thread (measured: /health
+    # p99 stays in milliseconds under 100 slow connections, bench/slow_clients.py),
+    # so the deadline only bounds connection slots: to keep a worker's 1000
+    # (gunicorn's worker_connections) busy an attacker must open 200 a second.
     client_header_timeout: float = 5.0
     # Without progress for this long a body is abandoned; it is also the socket
     # timeout of a thread (bodies the loop cannot frame, response writes), so it

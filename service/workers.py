@@ -24,6 +24,7 @@ problem+json with an X-Request-Id, like every answer of the app.
 from __future__ import annotations
 
 import errno
+import re
 import selectors
 import threading
 import time
@@ -88,7 +89,13 @@ _CLIENT_ERRORS: tuple[tuple[type[Exception], int, str, str, str], ...] = (
         "The chunked body is not valid.",
     ),
     (h.ForbiddenProxyRequest, 403, "forbidden", "Forbidden", "Requests from this proxy are not accepted."),
-    ((h.InvalidProxyLine, h.InvalidSchemeHeaders), 400, "bad-request", "Bad Request", "The request is not valid."),
+    (
+        (h.InvalidProxyLine, h.InvalidProxyHeader, h.InvalidSchemeHeaders),
+        400,
+        "bad-request",
+        "Bad Request",
+        "The request is not valid.",
+    ),
     (h.InvalidH2CPreface, 400, "bad-request", "Bad Request", "The HTTP/2 connection preface is not valid."),
 )
 
@@ -100,14 +107,15 @@ def problem_for(exc: BaseException) -> tuple[int, str, str, str]:
     for kinds, status, slug, title, detail in _CLIENT_ERRORS:
         if isinstance(exc, kinds):
             if isinstance(exc, h.InvalidHeader) and not isinstance(exc, h.InvalidHeaderName):
-                # The name is from gunicorn's fixed list or the client's own
-                # header, upper-cased: worth telling, bounded in length.
-                name = str(getattr(exc, "hdr", "") or "")[:64]
-                detail = f"{detail}: {name}." if name else f"{detail}."
+                # Named when it is a field name (gunicorn's own, or the client's);
+                # gunicorn may also hand over a whole header line, not repeated.
+                name = str(getattr(exc, "hdr", "") or "")
+                detail = f"{detail}: {name}." if _FIELD_NAME.fullmatch(name) else f"{detail}."
             return status, slug, title, detail
     return 500, "internal-error", "Internal Server Error", _INTERNAL
 
 
+_FIELD_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
 _INTERNAL = "The server met an unexpected condition; the request id identifies it in the logs."
 
 
