@@ -346,3 +346,31 @@ def test_a_kept_alive_connection_gets_a_fresh_head_deadline(server):
         seconds, received = _seconds_until_closed(sock, HEADER_TIMEOUT + SLACK + 1)
     assert received == b""
     assert HEADER_TIMEOUT - 0.05 <= seconds <= HEADER_TIMEOUT + SLACK
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "slug"),
+    [
+        (b"GET /" + b"a" * 5000, 414, "uri-too-long"),
+        (b"GET /health HTTP/1.1\r\n" + b"X-Many: " + b"m" * 8000 + b"\r\n" + b"X-Pad: p\r\n" * 90_000, 431,
+         "request-header-fields-too-large"),
+    ],
+    ids=["request-line", "head"],
+)
+def test_a_head_past_the_limits_is_refused_before_it_ends(server, raw, status, slug):
+    # The client is still sending; waiting for the rest would let it hold a
+    # socket up to the deadline for a request that is refused anyway.
+    port, _log = server
+    with _connect(port) as sock:
+        started = time.monotonic()
+        try:
+            sock.sendall(raw)
+        except ConnectionResetError:  # the answer may come before the last bytes are sent
+            pass
+        got, headers, body = _read_response(sock, bytearray())
+        waited = time.monotonic() - started
+    assert got == status
+    assert waited < HEADER_TIMEOUT - 0.5
+    assert headers["content-type"] == "application/problem+json"
+    assert re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"])
+    assert orjson.loads(body)["type"] == f"/problems/{slug}"

@@ -3,11 +3,16 @@ buffers, and the problem documents that replace gunicorn's HTML errors."""
 
 from __future__ import annotations
 
+import io
+import socket
+import threading
+
+import falcon
 import orjson
 import pytest
 from gunicorn.http import errors as h
 
-from service.workers import body_length_to_buffer, problem_for, problem_response
+from service.workers import _GuardedInput, body_length_to_buffer, problem_for, problem_response
 
 HEAD = b"POST /v1/contexts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
 
@@ -93,3 +98,26 @@ def test_problem_response_is_problem_json_with_a_request_id_and_closes():
 def test_problem_response_without_a_path_has_an_empty_instance():
     body = problem_response(414, "uri-too-long", "URI Too Long", "Long.", None, "x").split(b"\r\n\r\n", 1)[1]
     assert orjson.loads(body)["instance"] == ""
+
+
+def test_guarded_input_reads_like_the_stream_it_wraps():
+    local = threading.local()
+    stream = _GuardedInput(io.BytesIO(b"one\ntwo\nthree\n"), local)
+    assert stream.readline() == b"one\n"
+    assert list(stream) == [b"two\n", b"three\n"]
+    assert _GuardedInput(io.BytesIO(b"a\nb\n"), local).readlines() == [b"a\n", b"b\n"]
+    assert _GuardedInput(io.BytesIO(b"abc"), local).read(2) == b"ab"
+
+
+def test_guarded_input_turns_a_stalled_socket_into_408_and_marks_the_thread():
+    local = threading.local()
+    local.stalled = False
+    ours, theirs = socket.socketpair()
+    ours.settimeout(0.05)  # what the worker sets: CLIENT_BODY_TIMEOUT
+    with ours, theirs, ours.makefile("rb") as raw:
+        theirs.sendall(b"{")
+        with pytest.raises(falcon.HTTPError) as info:
+            _GuardedInput(raw, local).read(10)
+    assert info.value.status_code == 408
+    assert info.value.slug == "request-timeout"
+    assert local.stalled is True
