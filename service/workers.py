@@ -279,9 +279,7 @@ class DeadlineWorker(ThreadWorker):
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
 
     def _on_readable(self, conn: _Conn, client) -> None:
-        state = self.reading.get(conn)
-        if state is None:  # pragma: no cover - closed earlier in the same batch of events
-            return
+        state = self.reading[conn]
         try:
             data = conn.sock.recv(65536)
         except (BlockingIOError, InterruptedError):
