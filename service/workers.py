@@ -17,6 +17,10 @@ thread with CLIENT_BODY_TIMEOUT as the socket's timeout, so a stall there
 ends in 408 instead of a thread held for good; the same timeout bounds a
 client that does not read its response.
 
+Closing after "Connection: close" (half-close, then read what the client
+still sends) happens in the event loop too: gthread did it with a blocking read
+of up to 2 s there, so every client that kept its end open stopped the worker.
+
 gunicorn's own answers to requests it cannot parse (400, 414, 431, ...) are
 problem+json with an X-Request-Id, like every answer of the app.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 import errno
 import re
 import selectors
+import socket
 import threading
 import time
 import uuid
@@ -40,6 +45,10 @@ from gunicorn.workers.gthread import ThreadWorker, TConn
 
 from .config import Settings
 from .errors import PROBLEM_JSON, Problem
+
+# What gunicorn's close_graceful allows a closing client: 2 s, 64 KiB.
+_LINGER_SECONDS = 2.0
+_LINGER_MAX_BYTES = 65536
 
 _drops = 0
 _drops_lock = threading.Lock()
@@ -168,12 +177,11 @@ def body_length_to_buffer(head: bytes, limit: int) -> int | None:
 class _Reading:
     """A connection whose request the event loop is still receiving."""
 
-    __slots__ = ("buf", "deadline", "head_end", "need", "started")
+    __slots__ = ("buf", "deadline", "head_end", "need")
 
     def __init__(self, buf: bytes, deadline: float) -> None:
         self.buf = bytearray(buf)
         self.deadline = deadline
-        self.started = time.monotonic()
         self.head_end = -1  # index past the blank line once the head is complete
         self.need = 0  # bytes of head and body to wait for once the head is complete
 
@@ -238,6 +246,7 @@ class DeadlineWorker(ThreadWorker):
         # is refused by the app (413) before it reads a byte.
         self.body_buffer_limit = settings.max_body_bytes
         self.reading: dict[_Conn, _Reading] = {}
+        self.lingering: dict[_Conn, list] = {}  # closing: [deadline, bytes drained]
         self._local = threading.local()
 
     # -- the event loop ----------------------------------------------------
@@ -366,6 +375,9 @@ class DeadlineWorker(ThreadWorker):
                 self._close_reading(conn)  # a stopping worker need not wait for an idle connection
             elif state.deadline <= now:
                 self._drop(conn, state)
+        for conn, (deadline, _drained) in list(self.lingering.items()):
+            if deadline <= now:
+                self._close_lingering(conn)
 
     def _drop(self, conn: _Conn, state: _Reading) -> None:
         _count_drop()
@@ -378,19 +390,58 @@ class DeadlineWorker(ThreadWorker):
         self._close_reading(conn)
 
     def finish_request(self, conn, fs):
-        # gthread hands a connection with pipelined bytes straight to a thread;
-        # here those bytes start the next request in the event loop instead.
         try:
             keep = fs.result() if not fs.cancelled() else False
         except Exception:
             keep = False
+        if not keep:
+            self._linger(conn)
+            return
         if keep is True and conn.parser is not None and self.alive:
+            # gthread hands a connection with pipelined bytes straight to a
+            # thread; here they start the next request in the event loop.
             pending = conn.parser.unreader.take_buffered()
             if pending:
                 conn.sock.setblocking(False)
                 self._read_request(conn, pending)
                 return
         super().finish_request(conn, fs)
+
+    def _linger(self, conn) -> None:
+        """Close after the answer as RFC 9112 9.6 asks (FIN, then read what the
+        client still sends), in the event loop. gthread does it in the loop
+        with a blocking read of up to 2 s: each client that kept its end open
+        after "Connection: close" stopped the whole worker for 2 s."""
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+            conn.sock.setblocking(False)
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_lingering_readable, conn))
+        except (OSError, ValueError):
+            self.nr_conns -= 1
+            conn.close()
+            return
+        self.lingering[conn] = [time.monotonic() + _LINGER_SECONDS, 0]
+
+    def _on_lingering_readable(self, conn, client) -> None:
+        entry = self.lingering[conn]
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        entry[1] += len(data)
+        if not data or entry[1] >= _LINGER_MAX_BYTES:
+            self._close_lingering(conn)
+
+    def _close_lingering(self, conn) -> None:
+        del self.lingering[conn]
+        try:
+            self.poller.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        self.nr_conns -= 1
+        conn.close()
 
     # -- in a thread -------------------------------------------------------
 

@@ -374,3 +374,30 @@ def test_a_head_past_the_limits_is_refused_before_it_ends(server, raw, status, s
     assert headers["content-type"] == "application/problem+json"
     assert re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"])
     assert orjson.loads(body)["type"] == f"/problems/{slug}"
+
+
+def test_clients_that_keep_their_end_open_after_connection_close_do_not_stall_the_worker(server):
+    # The server half-closes after the answer and reads what the client still
+    # sends; a client that never closes must not hold up anything else.
+    port, _log = server
+    lingering = []
+    try:
+        for _ in range(20):
+            sock = _connect(port)
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            lingering.append(sock)
+        latencies = []
+        for _ in range(40):
+            started = time.perf_counter()
+            assert _exchange(port, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")[0] == 200
+            latencies.append(time.perf_counter() - started)
+        assert max(latencies) < 0.5, f"slowest {max(latencies) * 1000:.0f} ms"
+        for sock in lingering:
+            status, _headers, _body = _read_response(sock, bytearray())
+            assert status == 200
+            # Closed by the server within its linger (2 s) though this end stays open.
+            seconds, rest = _seconds_until_closed(sock, 2.0 + SLACK + 1)
+            assert seconds <= 2.0 + SLACK and rest == b""
+    finally:
+        for sock in lingering:
+            sock.close()
