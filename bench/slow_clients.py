@@ -32,6 +32,8 @@ from pathlib import Path
 
 PARTIAL_HEAD = b"GET /health HTTP/1.1\r\nHost: x\r\n"
 DRIP_HEAD = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Drip: " + b"d" * 200 + b"\r\n\r\n"
+# A complete request; the client then keeps its end open after the answer.
+LINGER_REQUEST = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
 
 def free_port() -> int:
@@ -99,11 +101,14 @@ def health(port: int, timeout: float) -> tuple[int | None, float]:
 @dataclass
 class Attack:
     """`stall` connections that send a partial head and wait, `drip` that send a
-    byte every `interval` seconds; each one the server closes is reopened."""
+    byte every `interval` seconds, `linger` that send a whole request with
+    "Connection: close" and never close their end; each one the server closes
+    is reopened."""
 
     port: int
     stall: int
     drip: int
+    linger: int = 0
     interval: float = 0.5
     reconnect: bool = True
     opened: int = 0
@@ -113,7 +118,7 @@ class Attack:
 
     def __enter__(self) -> Attack:
         selector = selectors.DefaultSelector()
-        for kind in ["stall"] * self.stall + ["drip"] * self.drip:
+        for kind in ["stall"] * self.stall + ["drip"] * self.drip + ["linger"] * self.linger:
             self._open(selector, kind)
         self._thread = threading.Thread(target=self._run, args=(selector,), daemon=True)
         self._thread.start()
@@ -129,11 +134,15 @@ class Attack:
         sock.setblocking(False)
         if kind == "stall":
             sock.send(PARTIAL_HEAD)
+        elif kind == "linger":
+            sock.send(LINGER_REQUEST)
         self.opened += 1
         # [socket, kind, connected at, bytes sent, next drip]
         selector.register(sock, selectors.EVENT_READ, [kind, time.monotonic(), 0, time.monotonic()])
 
     def _run(self, selector) -> None:
+        held: list[socket.socket] = []
+        reopen: list[float] = []
         try:
             while not self._stop.is_set():
                 for key, _ in selector.select(0.05):
@@ -144,13 +153,22 @@ class Attack:
                         closed = False
                     except OSError:
                         closed = True
-                    if closed:
+                    if closed and kind == "linger":
+                        # Answered: keep this end open for good, and come back
+                        # with another such request half a second later.
+                        selector.unregister(sock)
+                        held.append(sock)
+                        reopen.append(time.monotonic() + self.interval)
+                    elif closed:
                         self.closes.append(time.monotonic() - connected)
                         selector.unregister(sock)
                         sock.close()
                         if self.reconnect and not self._stop.is_set():
                             self._open(selector, kind)
                 now = time.monotonic()
+                while reopen and reopen[0] <= now and self.reconnect:
+                    reopen.pop(0)
+                    self._open(selector, "linger")
                 for key in list(selector.get_map().values()):
                     state = key.data
                     if state[0] == "drip" and now >= state[3] and state[2] < len(DRIP_HEAD):
@@ -164,6 +182,8 @@ class Attack:
             for key in list(selector.get_map().values()):
                 key.fileobj.close()
             selector.close()
+            for sock in held:
+                sock.close()
 
 
 def measure(port: int, seconds: float, timeout: float, pause: float = 0.02) -> list[tuple[int | None, float]]:
@@ -207,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase (default 10)")
     parser.add_argument("--stall", type=int, default=50, help="connections that stop after a partial head")
     parser.add_argument("--drip", type=int, default=50, help="connections that send a byte every 0.5 s")
+    parser.add_argument(
+        "--linger", type=int, default=0, help='connections that never close after a "Connection: close" answer'
+    )
     parser.add_argument("--timeout", type=float, default=2.0, help="a /health slower than this counts as failed")
     args = parser.parse_args(argv)
     workers = args.worker or ["gthread-stock", "gthread"]
@@ -223,11 +246,13 @@ def main(argv: list[str] | None = None) -> int:
                 quiet = summarize(measure(port, args.seconds, args.timeout), args.timeout)
                 rows.append((worker, "no attack", quiet, 0, "-"))
                 before = server_drops(log_path)
-                print(f"[{worker}] attack: {args.stall} stalled + {args.drip} dripping", file=sys.stderr)
-                with Attack(port, args.stall, args.drip) as attack:
+                print(f"[{worker}] attack under way", file=sys.stderr)
+                with Attack(port, args.stall, args.drip, args.linger) as attack:
                     time.sleep(0.5)  # let the attack take its threads first
                     loud = summarize(measure(port, args.seconds, args.timeout), args.timeout)
-                closed = f"{len(attack.closes)} (median {percentile(attack.closes, 0.5):.1f} s)" if attack.closes else "0"
+                closed = "0"
+                if attack.closes:
+                    closed = f"{len(attack.closes)} (median {percentile(attack.closes, 0.5):.1f} s)"
                 rows.append((worker, "under attack", loud, server_drops(log_path) - before, closed))
             finally:
                 stop_service(proc)
@@ -236,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"\n/health from one client, {args.seconds:g} s per phase; attack: {args.stall} connections "
-        f"stalled after a partial head + {args.drip} dripping a byte every 0.5 s, reopened when closed; "
+        f"stalled after a partial head + {args.drip} dripping a byte every 0.5 s + {args.linger} never "
+        f"closing after a \"Connection: close\" answer, reopened when closed; "
         f"failed = not 200 or slower than {args.timeout:g} s.\n"
     )
     print("| worker | phase | requests | failed | p50 | p99 | dropped by the server | closed (attacker's view) |")

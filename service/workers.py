@@ -476,7 +476,9 @@ class DeadlineWorker(ThreadWorker):
         except TimeoutError:
             # The client stopped reading its response for CLIENT_BODY_TIMEOUT.
             _count_drop()
-            self.log.warning("slow client %s dropped: it read no response for %gs", _peer(conn.client), self.body_timeout)
+            self.log.warning(
+                "slow client %s dropped: it read no response for %gs", _peer(conn.client), self.body_timeout
+            )
             return False
 
     def _keepalive_after(self, conn, keepalive):
