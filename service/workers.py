@@ -224,6 +224,9 @@ class _GuardedInput:
     def readlines(self, *args):
         return self._guard(self._stream.readlines, *args)
 
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
     def __iter__(self):
         return self
 

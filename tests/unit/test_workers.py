@@ -107,6 +107,7 @@ def test_guarded_input_reads_like_the_stream_it_wraps():
     assert list(stream) == [b"two\n", b"three\n"]
     assert _GuardedInput(io.BytesIO(b"a\nb\n"), local).readlines() == [b"a\n", b"b\n"]
     assert _GuardedInput(io.BytesIO(b"abc"), local).read(2) == b"ab"
+    assert _GuardedInput(io.BytesIO(b"abc"), local).getvalue() == b"abc"  # anything else is the stream's
 
 
 def test_guarded_input_turns_a_stalled_socket_into_408_and_marks_the_thread():
