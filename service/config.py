@@ -156,8 +156,8 @@ class Settings:
     max_lineage_depth: int = 256
     log_level: str = "info"
     # slow clients (service/workers.py). A complete head is one packet for any
-    # client this service expects (a few hundred bytes: under 1 ms over loopback,
-    # one round trip elsewhere); 5 s leaves room for a congested link and a few
+    # client this service expects (a few hundred bytes; a whole /health exchange
+    # takes 2 ms p50 over loopback); 5 s leaves room for a congested link and a few
     # retransmissions. The wait costs a socket, not a thread (measured: /health
     # p99 stays in milliseconds under 100 slow connections, bench/slow_clients.py),
     # so the deadline only bounds connection slots: to keep a worker's 1000
