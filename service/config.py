@@ -96,7 +96,7 @@ _SPEC: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("allow_open_access", "ALLOW_OPEN_ACCESS", _bool),
     ("port", "PORT", _int(1, 65535)),
     ("web_concurrency", "WEB_CONCURRENCY", _int(1, 64)),
-    ("worker_class", "GUNICORN_WORKER_CLASS", _choice("gthread", "sync")),
+    ("worker_class", "GUNICORN_WORKER_CLASS", _choice("gthread", "gthread-stock", "sync")),
     ("threads", "GUNICORN_THREADS", _int(1, 64)),
     ("worker_timeout", "GUNICORN_TIMEOUT", _int(2, 3600)),
     ("home", "CONTEXT_STORE_HOME", _text),
@@ -121,6 +121,9 @@ _SPEC: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("log_level", "LOG_LEVEL", _choice("debug", "info", "warning", "error")),
     # API keys and tenants
     ("auth_cache_ttl", "AUTH_CACHE_TTL_SECONDS", _float(0, 5)),
+    # slow clients (service/workers.py)
+    ("client_header_timeout", "CLIENT_HEADER_TIMEOUT", _float(0.5, 300)),
+    ("client_body_timeout", "CLIENT_BODY_TIMEOUT", _float(0.5, 300)),
 )
 
 
@@ -159,6 +162,18 @@ class Settings:
     log_level: str = "info"
     # API keys and tenants
     auth_cache_ttl: float = 2.0
+    # slow clients (service/workers.py). A complete head is one packet for any
+    # client this service expects (a few hundred bytes; a whole /health exchange
+    # takes 2 ms p50 over loopback); 5 s leaves room for a congested link and a few
+    # retransmissions. The wait costs a socket, not a thread (measured: /health
+    # p99 stays in milliseconds under 100 slow connections, bench/slow_clients.py),
+    # so the deadline only bounds connection slots: to keep a worker's 1000
+    # (gunicorn's worker_connections) busy an attacker must open 200 a second.
+    client_header_timeout: float = 5.0
+    # Without progress for this long a body is abandoned; it is also the socket
+    # timeout of a thread (bodies the loop cannot frame, response writes), so it
+    # bounds how long one stalled client can hold a thread.
+    client_body_timeout: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

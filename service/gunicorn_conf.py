@@ -11,8 +11,19 @@ _conninfo: str | None = None
 
 bind = f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"
 workers = _settings.web_concurrency
-worker_class = _settings.worker_class
+# `gthread` is gunicorn's threaded worker with deadlines on slow clients (see
+# service/workers.py); `gthread-stock` is gunicorn's own, kept for comparison.
+worker_class = {
+    "gthread": "service.workers.DeadlineWorker",
+    "gthread-stock": "gthread",
+    "sync": "sync",
+}[_settings.worker_class]
 threads = _settings.threads
+# A threaded worker's heartbeat comes from its event loop, not its threads: this
+# restarts a worker whose loop is stuck (or a sync worker stuck in a request).
+# It does not bound a request's threads; DB_STATEMENT_TIMEOUT_MS, the pool's
+# timeout and CLIENT_BODY_TIMEOUT do, and CLIENT_HEADER_TIMEOUT bounds a client
+# before it gets a thread at all.
 timeout = _settings.worker_timeout
 graceful_timeout = 10
 keepalive = 5

@@ -103,6 +103,9 @@ def test_from_env_reads_os_environ_when_no_mapping_is_given(monkeypatch):
         ("LOG_LEVEL", "DEBUG", "log_level", "debug"),
         ("LOG_LEVEL", " warning ", "log_level", "warning"),
         ("LOG_LEVEL", "error", "log_level", "error"),
+        ("CLIENT_HEADER_TIMEOUT", "2.5", "client_header_timeout", 2.5),
+        ("CLIENT_BODY_TIMEOUT", "4", "client_body_timeout", 4.0),
+        ("GUNICORN_WORKER_CLASS", "gthread-stock", "worker_class", "gthread-stock"),
         ("AUTH_CACHE_TTL_SECONDS", "0", "auth_cache_ttl", 0.0),
         ("AUTH_CACHE_TTL_SECONDS", "5", "auth_cache_ttl", 5.0),
         ("AUTH_CACHE_TTL_SECONDS", "0.5", "auth_cache_ttl", 0.5),
@@ -305,6 +308,8 @@ def test_each_listed_variable_changes_its_setting():
         "MAX_PAGE_SIZE": "13",
         "MAX_LINEAGE_DEPTH": "3",
         "LOG_LEVEL": "debug",
+        "CLIENT_HEADER_TIMEOUT": "3",
+        "CLIENT_BODY_TIMEOUT": "4",
         "AUTH_CACHE_TTL_SECONDS": "1",
     }
     assert sorted(samples) == sorted(name for name, _ in variables())
