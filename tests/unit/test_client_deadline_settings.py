@@ -43,16 +43,19 @@ def test_a_bad_value_is_refused_naming_the_variable(variable, raw):
         Settings.from_env({variable: raw})
 
 
-def test_gunicorn_runs_the_deadline_worker_for_gthread(monkeypatch):
+def test_gunicorn_runs_the_deadline_worker_for_gthread():
     import importlib
 
     import service.gunicorn_conf as conf
+    from service import runtime
+    from service.config import Settings
 
-    monkeypatch.delenv("GUNICORN_WORKER_CLASS", raising=False)
-    assert importlib.reload(conf).worker_class == "service.workers.DeadlineWorker"
-    monkeypatch.setenv("GUNICORN_WORKER_CLASS", "gthread-stock")
-    assert importlib.reload(conf).worker_class == "gthread"
-    monkeypatch.setenv("GUNICORN_WORKER_CLASS", "sync")
-    assert importlib.reload(conf).worker_class == "sync"
-    monkeypatch.delenv("GUNICORN_WORKER_CLASS")
-    importlib.reload(conf)  # leave the module as the environment has it
+    before = runtime.settings()
+    try:
+        for chosen, runs in (("gthread", "service.workers.DeadlineWorker"), ("gthread-stock", "gthread"),
+                             ("sync", "sync")):
+            runtime.use_settings(Settings(worker_class=chosen))
+            assert importlib.reload(conf).worker_class == runs
+    finally:
+        runtime.use_settings(before)
+        importlib.reload(conf)  # leave the module as the process's settings have it
