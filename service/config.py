@@ -117,6 +117,9 @@ _SPEC: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("max_page_size", "MAX_PAGE_SIZE", _int(1, 100_000)),
     ("max_lineage_depth", "MAX_LINEAGE_DEPTH", _int(1, 10_000)),
     ("log_level", "LOG_LEVEL", _choice("debug", "info", "warning", "error")),
+    # Operations: outages and start-up.
+    ("probe_interval_ms", "DB_PROBE_INTERVAL_MS", _int(10, 60_000)),
+    ("tokenizer_load_timeout", "TOKENIZER_LOAD_TIMEOUT", _float(0.1, 300)),
 )
 
 
@@ -152,6 +155,9 @@ class Settings:
     max_page_size: int = 1000
     max_lineage_depth: int = 256
     log_level: str = "info"
+    # Operations: outages and start-up.
+    probe_interval_ms: int = 250
+    tokenizer_load_timeout: float = 5.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
