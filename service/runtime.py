@@ -63,7 +63,8 @@ def prepare_database(settings: Settings) -> str:
         settings.host,
         settings.port,
     )
-    _tokenizer = load_tokenizer(settings.tokenizer_encoding)
+    _tokenizer = load_tokenizer(settings.tokenizer_encoding, settings.tokenizer_load_timeout)
+    log.info("counting tokens with %s", _tokenizer.name)
     conninfo = start_database(settings)
     if settings.migrate_on_start:
         applied = migrate(conninfo)
@@ -85,7 +86,7 @@ def worker_app() -> falcon.App:
     settings = Settings.from_env()
     configure_logging(settings.log_level)
     conninfo = _conninfo or start_database(settings)
-    tokenizer = _tokenizer or load_tokenizer(settings.tokenizer_encoding)
+    tokenizer = _tokenizer or load_tokenizer(settings.tokenizer_encoding, settings.tokenizer_load_timeout)
     _database = Database(settings, conninfo)
     _database.open()
     return create_app(settings, _database, tokenizer)

@@ -20,6 +20,7 @@ from service.app import create_app
 from service.config import Settings
 from service.db import Database
 from service.errors import Unavailable
+from service.tokens import load_tokenizer
 
 NAMES = ["0001_init", "0002_lineage"]
 
@@ -127,7 +128,15 @@ def test_prepare_database_leaves_the_schema_alone_when_migrate_on_start_is_off(e
     assert _schema_versions(empty_url) == []
 
 
-def test_worker_app_serves_health_over_its_own_pool(monkeypatch, migrated_url):
+@pytest.fixture(scope="module")
+def o200k_available() -> None:
+    """Skip a test that needs the real o200k_base vocabulary where it cannot be had
+    (an offline machine without TIKTOKEN_CACHE_DIR: see the README, Operating it)."""
+    if load_tokenizer("o200k_base", timeout=10).name != "tiktoken:o200k_base":
+        pytest.skip("the o200k_base vocabulary is not available offline; set TIKTOKEN_CACHE_DIR")
+
+
+def test_worker_app_serves_health_over_its_own_pool(monkeypatch, migrated_url, o200k_available):
     monkeypatch.setenv("DATABASE_URL", migrated_url)
     app = runtime.worker_app()
     database = runtime._database
