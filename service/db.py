@@ -200,7 +200,8 @@ class Database:
         given back."""
         thread = threading.Thread(target=pool.close, kwargs={"timeout": 2.0}, name="retire-pool", daemon=True)
         thread.start()
-        self._retired = [t for t in self._retired if t.is_alive()] + [thread]
+        with self._lock:
+            self._retired = [t for t in self._retired if t.is_alive()] + [thread]
 
     def _replace_pool(self) -> ConnectionPool:
         """A fresh, opened pool in place of the current one (retired)."""
@@ -302,7 +303,9 @@ class Database:
             self._closed = True
             pool = self.pool
         pool.close()
-        for thread in self._retired:
+        with self._lock:
+            retired = list(self._retired)
+        for thread in retired:
             thread.join(5.0)
 
     # --- requests -------------------------------------------------------------------
