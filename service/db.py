@@ -100,7 +100,8 @@ class RedactingFilter(logging.Filter):
 
 def install_log_redaction() -> None:
     """Redact psycopg's and psycopg_pool's log records (idempotent)."""
-    for name in ("psycopg", "psycopg.pool"):
+    # A logger's filters see only the records logged through it, not its children's.
+    for name in ("psycopg", "psycopg.pool", "psycopg.transaction"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactingFilter) for f in logger.filters):
             logger.addFilter(RedactingFilter())
@@ -208,8 +209,13 @@ class Database:
         fresh = self._new_pool()
         fresh.open(wait=False)
         with self._lock:
-            old, self.pool = self.pool, fresh
-            self._down_since = None
+            closed = self._closed
+            if not closed:
+                old, self.pool = self.pool, fresh
+                self._down_since = None
+        if closed:  # close() ran meanwhile: the fresh pool must not outlive it
+            fresh.close()
+            raise Unavailable("The database is unavailable: the service is shutting down.")
         self._retire(old)
         return fresh
 

@@ -76,7 +76,8 @@ def _target(conninfo: str) -> str:
     where = f"the local socket in {host}" if str(host).startswith("/") else str(host)
     if parts.get("port"):
         where += f" port {parts['port']}"
-    return f"database {parts.get('dbname') or parts.get('user') or '(default)'} on {where} as user {parts.get('user') or '(default)'}"
+    user = parts.get("user") or "(default)"
+    return f"database {parts.get('dbname') or user} on {where} as user {user}"
 
 
 def _reason(exc: psycopg.Error) -> str:

@@ -115,7 +115,10 @@ def test_acknowledged_appends_survive_an_outage_and_service_resumes_at_once(mode
         assert len(down) >= 20
         latencies = sorted(e - s for s, e, _ in down)
         assert all(r is not None and int(r) >= 1 for _s, _e, r in down)
-        assert latencies[-1] < 0.1, latencies[-5:]
+        # About 1-3 ms each; the bound leaves room for a loaded CI machine and is
+        # still 25 times below the DB_POOL_TIMEOUT (5 s) every request used to wait.
+        assert statistics.median(latencies) < 0.02
+        assert latencies[-1] < 0.2, latencies[-5:]
         # Back within a second of the database accepting connections.
         first_201 = min(t for t in ledger.created if t > accepting_at)
         assert first_201 - accepting_at < 1.0

@@ -225,7 +225,9 @@ def test_the_readme_runtime_role_serves_the_api_and_migrate_finds_nothing_to_do(
         status, _h, body = request(f"{base}/v1/contexts", "POST", b'{"metadata": {"user": "ada"}}')
         assert status == 201, body
         context_id = orjson.loads(body)["id"]
-        messages = orjson.dumps({"messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "2+2?"}]})
+        messages = orjson.dumps(
+            {"messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "2+2?"}]}
+        )
         status, _h, body = request(f"{base}/v1/contexts/{context_id}/messages", "POST", messages)
         assert status == 201, body
         status, _h, body = request(
