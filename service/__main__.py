@@ -38,7 +38,7 @@ def _migrate(settings: Settings) -> int:
     try:
         conninfo = runtime.start_database(settings)
         runtime.check_connection(settings, conninfo)
-        applied = runtime.apply_migrations(settings, conninfo)
+        applied = runtime.apply_migrations(conninfo)
     except runtime.StartupError as exc:
         return runtime.report_startup_error(exc)
     finally:

@@ -143,7 +143,7 @@ def _database_error(exc: psycopg.Error, conninfo: str, doing: str) -> StartupErr
     )
 
 
-def apply_migrations(settings: Settings, conninfo: str) -> list[str]:
+def apply_migrations(conninfo: str) -> list[str]:
     """migrate(), its failures as StartupError (edited migrations exit 1, what the
     operator can fix exits 2)."""
     try:
@@ -181,7 +181,7 @@ def prepare_database(settings: Settings) -> str:
     conninfo = start_database(settings)
     check_connection(settings, conninfo)
     if settings.migrate_on_start:
-        applied = apply_migrations(settings, conninfo)
+        applied = apply_migrations(conninfo)
         log.info("migrations: %s", ", ".join(applied) if applied else "up to date")
     else:
         check_schema(conninfo)
