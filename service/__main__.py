@@ -21,22 +21,33 @@ def _serve(settings: Settings) -> int:
     from . import runtime
 
     runtime.use_settings(settings)
+    # Prepared before gunicorn starts, so that a database the service cannot use
+    # is reported in one line before gunicorn says anything (its on_starting hook
+    # then finds the work done; plain `gunicorn -c gunicorn.conf.py` does it there).
+    runtime.configure_logging(settings.log_level)
+    try:
+        runtime.prepare_database(settings)
+    except runtime.StartupError as exc:
+        runtime.release_database()
+        return runtime.report_startup_error(exc)
     sys.argv = ["context-store", "-c", "python:service.gunicorn_conf"]
-    WSGIApplication("%(prog)s [OPTIONS]").run()
+    try:
+        WSGIApplication("%(prog)s [OPTIONS]").run()
+    finally:
+        runtime.release_database()
     return 0
 
 
 def _migrate(settings: Settings) -> int:
     from . import runtime
-    from .migrate import MigrationError, migrate
 
     runtime.configure_logging(settings.log_level)
     try:
         conninfo = runtime.start_database(settings)
-        applied = migrate(conninfo)
-    except MigrationError as exc:
-        print(f"context-store: {exc}", file=sys.stderr)
-        return 1
+        runtime.check_connection(settings, conninfo)
+        applied = runtime.apply_migrations(conninfo)
+    except runtime.StartupError as exc:
+        return runtime.report_startup_error(exc)
     finally:
         runtime.release_database()
     print("applied: " + ", ".join(applied) if applied else "migrations: up to date")

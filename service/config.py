@@ -124,6 +124,9 @@ _SPEC: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     # slow clients (service/workers.py)
     ("client_header_timeout", "CLIENT_HEADER_TIMEOUT", _float(0.5, 300)),
     ("client_body_timeout", "CLIENT_BODY_TIMEOUT", _float(0.5, 300)),
+    # Operations: outages and start-up.
+    ("probe_interval_ms", "DB_PROBE_INTERVAL_MS", _int(10, 60_000)),
+    ("tokenizer_load_timeout", "TOKENIZER_LOAD_TIMEOUT", _float(0.1, 300)),
 )
 
 
@@ -174,6 +177,9 @@ class Settings:
     # timeout of a thread (bodies the loop cannot frame, response writes), so it
     # bounds how long one stalled client can hold a thread.
     client_body_timeout: float = 10.0
+    # Operations: outages and start-up.
+    probe_interval_ms: int = 250
+    tokenizer_load_timeout: float = 5.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

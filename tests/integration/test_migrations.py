@@ -14,7 +14,7 @@ import pytest
 from psycopg import errors as pg_errors
 
 from service.ids import uuid7
-from service.migrate import LOCK_KEY, MigrationError, discover, migrate
+from service.migrate import LOCK_KEY, CannotMigrate, MigrationError, discover, migrate, schema_state
 from service.paths import sql_dir
 
 NAMES = ["0001_init", "0002_lineage", "0003_versioned_reads", "0004_api_keys"]
@@ -103,6 +103,60 @@ def test_migrate_releases_its_lock_when_done(empty_database):
     migrate(empty_database.url)
     with psycopg.connect(empty_database.url, autocommit=True) as conn:
         assert conn.execute("SELECT pg_try_advisory_lock(%s::bigint)", [LOCK_KEY]).fetchone() == (True,)
+
+
+# --- what is pending, read-only -------------------------------------------------
+
+
+def test_schema_state_reports_applied_and_latest_versions_without_creating_anything(empty_database):
+    state = schema_state(empty_database.url)
+    assert (state.applied, state.latest, state.pending, state.current) == (0, 2, tuple(NAMES), False)
+    assert not _exists(empty_database.url, "schema_migrations")  # asked, nothing created
+    migrate(empty_database.url)
+    with psycopg.connect(empty_database.url, autocommit=True) as conn:  # an open connection works too
+        state = schema_state(conn)
+        assert not conn.closed
+    assert (state.applied, state.latest, state.pending, state.current) == (2, 2, (), True)
+
+
+def test_schema_state_counts_a_new_file_as_pending(empty_database, migrations_copy):
+    migrate(empty_database.url, folder=migrations_copy)
+    (migrations_copy / "0003_extra.sql").write_text("CREATE TABLE extra (id int);\n", encoding="utf-8")
+    state = schema_state(empty_database.url, folder=migrations_copy)
+    assert (state.applied, state.latest, state.pending, state.current) == (2, 3, ("0003_extra",), False)
+
+
+def test_migrate_on_a_current_schema_neither_locks_nor_creates(empty_database):
+    migrate(empty_database.url)
+    # Another session holds the runners' lock: a runner that asked for it would
+    # fail on the lock_timeout instead of returning.
+    impatient = psycopg.conninfo.make_conninfo(empty_database.url, options="-c lock_timeout=500")
+    with psycopg.connect(empty_database.url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s::bigint)", [LOCK_KEY])
+        assert migrate(impatient) == []
+
+
+def test_a_role_without_ddl_rights_migrates_a_current_schema_and_is_refused_a_pending_one(
+    empty_database, migrations_copy
+):
+    migrate(empty_database.url, folder=migrations_copy)
+    role = f"cs_reader_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(empty_database.url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        conn.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
+        conn.execute(f"GRANT SELECT ON schema_migrations TO {role}")
+    try:
+        reader = psycopg.conninfo.make_conninfo(empty_database.url, user=role)
+        assert migrate(reader, folder=migrations_copy) == []
+        (migrations_copy / "0003_extra.sql").write_text("CREATE TABLE extra (id int);\n", encoding="utf-8")
+        with pytest.raises(CannotMigrate, match=f"GRANT CREATE ON SCHEMA public TO {role}"):
+            migrate(reader, folder=migrations_copy)
+        assert not _exists(empty_database.url, "extra")
+    finally:
+        with psycopg.connect(empty_database.url, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
 
 
 # --- refusing -----------------------------------------------------------------

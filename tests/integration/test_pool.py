@@ -4,6 +4,7 @@ terminated (as a database restart does)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import psycopg
 import pytest
@@ -68,3 +69,41 @@ def test_a_database_error_that_a_retry_cannot_cure_is_not_reported_as_unavailabl
             conn.execute(
                 "DO $$ BEGIN RAISE EXCEPTION 'too complex' USING ERRCODE = 'statement_too_complex'; END $$"
             )
+
+
+def test_connection_failures_are_logged_without_the_address_or_credentials(settings, tmp_path, caplog):
+    socket_dir = tmp_path / "secret-socket-dir"
+    conninfo = f"host={socket_dir} port=5432 dbname=cs user=someone password=hunter2"
+    database = Database(dataclasses.replace(settings, pool_min_size=1, pool_max_size=1), conninfo)
+    with caplog.at_level(logging.INFO):
+        database.open()
+        try:
+            with pytest.raises(Unavailable):
+                with database.connection() as conn:
+                    health.ping(conn)
+        finally:
+            database.close()
+    logged = [(r.name, r.getMessage()) for r in caplog.records]
+    # The pool's own warning about the refused attempt is among them, redacted.
+    assert any(name == "psycopg.pool" and "error connecting" in message for name, message in logged), logged
+    for _name, message in logged:
+        assert str(socket_dir) not in message and "secret-socket-dir" not in message
+        assert "hunter2" not in message
+
+
+def test_availability_is_up_until_a_connection_fails_and_up_again_after_the_probe(settings):
+    database = _database(settings, pool_check_idle=3600.0, probe_interval_ms=10)
+    try:
+        with database.connection() as conn:
+            health.ping(conn)
+        assert database.availability.up and database.availability.down_for is None
+        assert _terminate_pool_connections(settings.database_url) == 1
+        with pytest.raises(Unavailable):  # this request's connection broke mid-way
+            with database.connection() as conn:
+                health.ping(conn)
+        # The server answered the probe: the pool was replaced, nothing is down.
+        assert database.availability.up
+        with database.connection() as conn:
+            health.ping(conn)
+    finally:
+        database.close()

@@ -41,6 +41,8 @@ def test_defaults_apply_when_no_variable_is_set():
     assert settings.max_batch_messages == 1000
     assert settings.max_page_size == 1000
     assert settings.log_level == "info"
+    assert settings.probe_interval_ms == 250
+    assert settings.tokenizer_load_timeout == 5.0
 
 
 def test_from_env_reads_os_environ_when_no_mapping_is_given(monkeypatch):
@@ -109,6 +111,8 @@ def test_from_env_reads_os_environ_when_no_mapping_is_given(monkeypatch):
         ("AUTH_CACHE_TTL_SECONDS", "0", "auth_cache_ttl", 0.0),
         ("AUTH_CACHE_TTL_SECONDS", "5", "auth_cache_ttl", 5.0),
         ("AUTH_CACHE_TTL_SECONDS", "0.5", "auth_cache_ttl", 0.5),
+        ("DB_PROBE_INTERVAL_MS", "100", "probe_interval_ms", 100),
+        ("TOKENIZER_LOAD_TIMEOUT", "0.5", "tokenizer_load_timeout", 0.5),
     ],
 )
 def test_each_variable_is_parsed_into_its_field(variable, raw, field, expected):
@@ -144,6 +148,8 @@ def test_every_variable_of_the_table_is_exercised_by_the_parsing_test():
         ("DB_POOL_TIMEOUT", "0"),
         ("DB_POOL_TIMEOUT", "301"),
         ("DB_POOL_CHECK", "maybe"),
+        ("DB_PROBE_INTERVAL_MS", "5"),
+        ("TOKENIZER_LOAD_TIMEOUT", "0"),
         ("DB_CONNECT_TIMEOUT", "0"),
         ("DB_STATEMENT_TIMEOUT_MS", "-5"),
         ("DB_PREPARE_THRESHOLD", "sometimes"),
@@ -311,6 +317,8 @@ def test_each_listed_variable_changes_its_setting():
         "CLIENT_HEADER_TIMEOUT": "3",
         "CLIENT_BODY_TIMEOUT": "4",
         "AUTH_CACHE_TTL_SECONDS": "1",
+        "DB_PROBE_INTERVAL_MS": "1000",
+        "TOKENIZER_LOAD_TIMEOUT": "1",
     }
     assert sorted(samples) == sorted(name for name, _ in variables())
     default = Settings()
