@@ -116,14 +116,18 @@ def _state(migrations: list[Migration], recorded: dict[int, dict[str, Any]]) -> 
     )
 
 
-def schema_state(conn: str | psycopg.Connection, folder: Path | None = None) -> SchemaState:
+def schema_state(
+    conn: str | psycopg.Connection, folder: Path | None = None, *, migrations: list[Migration] | None = None
+) -> SchemaState:
     """Where the schema stands: two read-only statements, no lock, nothing created,
     so any role that may SELECT from schema_migrations can ask (the web process at
     start, /health). conn is a conninfo (a direct connection is opened and closed)
     or an open connection (left open, in autocommit or inside the caller's
     transaction). Checksums are not compared here: `migrate` does that. Database
-    errors (psycopg.Error) propagate; a misnamed migration file raises MigrationError."""
-    migrations = discover(folder)
+    errors (psycopg.Error) propagate; a misnamed migration file raises MigrationError.
+    migrations: the files already discovered (a caller asking often reads them once)."""
+    if migrations is None:
+        migrations = discover(folder)
     if isinstance(conn, str):
         with psycopg.connect(conn, autocommit=True, prepare_threshold=None) as direct:
             return _state(migrations, _recorded(direct))

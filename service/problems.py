@@ -108,7 +108,8 @@ def install(app: falcon.App, retry_after: int) -> None:
         )
 
     def on_unavailable(req, resp, error, params):
-        log.warning("database unavailable: %s", error.detail)
+        # Each such request is in the access log; db.py logs the outage once.
+        log.debug("database unavailable: %s", error.detail)
         raise Problem(503, error.detail, headers={"Retry-After": str(retry_after)})
 
     def on_malformed(req, resp, error, params):

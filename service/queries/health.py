@@ -1,23 +1,37 @@
-"""What /health reports: sql/queries/session.sql."""
+"""What /health reports: a round trip to the database and where its schema stands."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from ..db import Database
-from ..sql import QUERIES
+from ..migrate import discover, schema_state
 from ..tokens import Tokenizer
+
+
+@dataclass(frozen=True)
+class DatabaseHealth:
+    latency_ms: float
+    schema_version: int  # the last migration applied
+    schema_expected: int  # the last migration this code knows
+
+    @property
+    def migrated(self) -> bool:
+        return self.schema_version >= self.schema_expected
 
 
 class Health:
     def __init__(self, db: Database, tokenizer: Tokenizer) -> None:
         self.db = db
         self.tokenizer = tokenizer.name
+        self.migrations = discover()
 
-    def database_latency_ms(self, timeout: float) -> float:
-        """One round trip to the database, in milliseconds; Unavailable when no
-        connection comes within timeout seconds."""
+    def database(self, timeout: float) -> DatabaseHealth:
+        """The database's round-trip latency and schema version; Unavailable when
+        no connection comes within timeout seconds."""
         started = time.perf_counter()
         with self.db.connection(timeout=timeout) as conn:
-            QUERIES.ping.run(conn)
-        return round((time.perf_counter() - started) * 1000, 3)
+            state = schema_state(conn, migrations=self.migrations)
+        latency = round((time.perf_counter() - started) * 1000, 3)
+        return DatabaseHealth(latency, state.applied, state.latest)

@@ -29,13 +29,17 @@ class Health:
     @operation(
         "getHealth", tag="meta", summary="Service, database and tokenizer health", ok="200", ok_schema="Health",
         query="NoQuery",
-        extra={"description": "503 keeps the health shape (status \"unavailable\"), as application/json."},
+        extra={
+            "description": "503 keeps the health shape (status \"unavailable\"), as application/json: the "
+            "database cannot be reached, or its schema is behind this code (run `context-store migrate`)."
+        },
     )
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         load_query(self.schemas.no_query, req.params)
         try:
-            latency = self.checks.database_latency_ms(self.timeout)
-            about = {**self.about, "auth": "enabled" if self.keys_required() else "disabled"}
+            database = self.checks.database(self.timeout)
+            # Whether keys exist is in a table the schema may not have yet.
+            keyed = self.keys_required() if database.migrated else None
         except Unavailable:
             # API.md's health shape, not a problem document: `status` stays the
             # string that health checkers read.
@@ -43,4 +47,17 @@ class Health:
             about = {**self.about, "auth": "unknown"}
             send(resp, {"status": "unavailable", "database": {"status": "unavailable"}, **about}, 503)
             return
-        send(resp, {"status": "ok", "database": {"status": "ok", "latency_ms": latency}, **about})
+        about = {**self.about, "auth": "unknown" if keyed is None else "enabled" if keyed else "disabled"}
+        report = {
+            "status": "ok",
+            "latency_ms": database.latency_ms,
+            "schema_version": database.schema_version,
+            "schema_expected": database.schema_expected,
+        }
+        if not database.migrated:
+            resp.set_header("Retry-After", self.retry_after)
+            report["status"] = "unavailable"
+            detail = "the schema is behind this code: run `context-store migrate`"
+            send(resp, {"status": "unavailable", "detail": detail, "database": report, **about}, 503)
+            return
+        send(resp, {"status": "ok", "database": report, **about})

@@ -61,18 +61,21 @@ class WindowOut(Schema):
 
 class DatabaseHealth(Schema):
     status = fields.String(required=True, validate=validate.OneOf(("ok", "unavailable")))
-    latency_ms = fields.Float()
+    latency_ms = fields.Float(metadata={"description": "one round trip, when the database answered"})
+    schema_version = fields.Integer(metadata={"description": "the last migration applied"})
+    schema_expected = fields.Integer(metadata={"description": "the last migration this version of the code knows"})
 
 
 class HealthOut(Schema):
     status = fields.String(required=True, validate=validate.OneOf(("ok", "unavailable")))
+    detail = fields.String(metadata={"description": "why, when unavailable with a reachable database"})
     database = fields.Nested(DatabaseHealth, required=True)
     version = fields.String(required=True)
     tokenizer = fields.String(required=True)
     auth = fields.String(
         required=True,
         validate=validate.OneOf(("enabled", "disabled", "unknown")),
-        metadata={"description": "enabled: /v1 needs an API key; disabled: no key exists (open); unknown: database down"},
+        metadata={"description": "enabled: /v1 needs an API key; disabled: no key exists (open); unknown: database down or not migrated"},
     )
 
 

@@ -80,7 +80,7 @@ def test_connection_failures_are_logged_without_the_address_or_credentials(setti
         try:
             with pytest.raises(Unavailable):
                 with database.connection() as conn:
-                    health.ping(conn)
+                    QUERIES.ping.run(conn)
         finally:
             database.close()
     logged = [(r.name, r.getMessage()) for r in caplog.records]
@@ -95,15 +95,15 @@ def test_availability_is_up_until_a_connection_fails_and_up_again_after_the_prob
     database = _database(settings, pool_check_idle=3600.0, probe_interval_ms=10)
     try:
         with database.connection() as conn:
-            health.ping(conn)
+            QUERIES.ping.run(conn)
         assert database.availability.up and database.availability.down_for is None
         assert _terminate_pool_connections(settings.database_url) == 1
         with pytest.raises(Unavailable):  # this request's connection broke mid-way
             with database.connection() as conn:
-                health.ping(conn)
+                QUERIES.ping.run(conn)
         # The server answered the probe: the pool was replaced, nothing is down.
         assert database.availability.up
         with database.connection() as conn:
-            health.ping(conn)
+            QUERIES.ping.run(conn)
     finally:
         database.close()
