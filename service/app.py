@@ -35,10 +35,10 @@ def create_app(settings: Settings, store: Store) -> falcon.App:
         ("/health", health.Health(store.health, schemas, keys_required=authenticator.keys_required,
                                   pool_timeout=settings.pool_timeout, retry_after=settings.retry_after)),
         ("/openapi.json", document),
-        ("/v1/contexts", contexts.Collection(store.contexts, schemas, read_body)),
+        ("/v1/contexts", contexts.Collection(store.contexts, store.idempotency, schemas, read_body)),
         (CONTEXT, contexts.Item(store.contexts, schemas, read_body)),
-        (f"{CONTEXT}/forks", contexts.Forks(store.contexts, schemas, read_body)),
-        (f"{CONTEXT}/messages", messages.Collection(store.messages, schemas, read_body)),
+        (f"{CONTEXT}/forks", contexts.Forks(store.contexts, store.idempotency, schemas, read_body)),
+        (f"{CONTEXT}/messages", messages.Collection(store.messages, store.idempotency, schemas, read_body)),
         (f"{CONTEXT}/messages/{VERSION}", messages.Item(store.messages, schemas)),
         (f"{CONTEXT}/window", messages.Window(store.messages, schemas)),
     ):

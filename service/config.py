@@ -127,6 +127,8 @@ _SPEC: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     # Operations: outages and start-up.
     ("probe_interval_ms", "DB_PROBE_INTERVAL_MS", _int(10, 60_000)),
     ("tokenizer_load_timeout", "TOKENIZER_LOAD_TIMEOUT", _float(0.1, 300)),
+    # Idempotency keys
+    ("idempotency_ttl_hours", "IDEMPOTENCY_TTL_HOURS", _int(24, 24 * 365)),
 )
 
 
@@ -180,6 +182,8 @@ class Settings:
     # Operations: outages and start-up.
     probe_interval_ms: int = 250
     tokenizer_load_timeout: float = 5.0
+    # Idempotency keys: API.md keeps a response at least 24 hours.
+    idempotency_ttl_hours: int = 24
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

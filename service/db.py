@@ -19,6 +19,7 @@ connects brings a fresh pool in, so no request meets a connection from before.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
 import threading
@@ -132,6 +133,10 @@ class Database:
         self._next_probe = 0.0
         self._closed = False
         self._retired: list[threading.Thread] = []
+        # The connection of the transaction() a thread is in, if any.
+        self._bound: contextvars.ContextVar[psycopg.Connection | None] = contextvars.ContextVar(
+            f"transaction-{id(self)}", default=None
+        )
         install_log_redaction()
         self.pool = self._new_pool()
 
@@ -346,14 +351,31 @@ class Database:
         raise AssertionError("unreachable")  # pragma: no cover
 
     @contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection]:
+        """A connection in a transaction that every `connection()` of this thread
+        (or task) joins until the block ends: store methods called inside commit
+        together, or not at all when the block raises."""
+        with self.connection() as conn, conn.transaction():
+            token = self._bound.set(conn)
+            try:
+                yield conn
+            finally:
+                self._bound.reset(token)
+
+    @contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection]:
         """A pooled connection in autocommit mode (wrap several statements in
-        `conn.transaction()` when they must commit together).
+        `conn.transaction()` when they must commit together); inside
+        `transaction()`, that transaction's connection.
 
         Raise Unavailable when no connection comes within the pool time-out, the
         connection breaks, or a statement runs past the statement timeout; and at
         once, without waiting, while the database is known to be down.
         """
+        bound = self._bound.get()
+        if bound is not None:
+            yield bound
+            return
         pool, conn = self._acquire(timeout)
         try:
             with conn:

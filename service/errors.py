@@ -24,6 +24,14 @@ class PreconditionFailed(DomainError):
         self.head_version = head_version
 
 
+class IdempotencyKeyInUse(DomainError):
+    """Another request with the same Idempotency-Key is still running."""
+
+
+class IdempotencyKeyReused(DomainError):
+    """The Idempotency-Key answered a different request before."""
+
+
 class Unavailable(DomainError):
     """The database cannot be reached or did not answer in time."""
 

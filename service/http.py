@@ -3,7 +3,10 @@ content negotiation, preconditions, and orjson responses."""
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlencode
 
@@ -107,3 +110,52 @@ def cacheable(req: falcon.Request, resp: falcon.Response, version: int, document
         resp.status = 304
         return
     send(resp, document)
+
+
+# Idempotency-Key: 1..255 visible ASCII characters (API.md).
+IDEMPOTENCY_KEY_PATTERN = "^[!-~]{1,255}$"
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+IDEMPOTENCY_KEY = {
+    "in": "header",
+    "name": "Idempotency-Key",
+    "required": False,
+    "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
+    "description": "a retry with the same key and body gets the first response and writes nothing "
+    "(scoped to the tenant, method and path; kept at least IDEMPOTENCY_TTL_HOURS)",
+}
+_REPLAYED_HEADERS = ("ETag", "Location")
+
+
+@contextmanager
+def idempotent(req: falcon.Request, resp: falcon.Response, idempotency: Any, body: Any) -> Iterator[bool]:
+    """Run a POST's work at most once per Idempotency-Key.
+
+    Yields True when the responder must do its work (always, without the header);
+    with a key, the work runs in the key's transaction, and the response it leaves
+    in `resp` is kept when the block ends without an error. Yields False when `resp`
+    already holds the first response to the same request, replayed.
+    """
+    key = req.get_header("Idempotency-Key")
+    if key is None:
+        yield True
+        return
+    if _IDEMPOTENCY_KEY.fullmatch(key) is None:
+        raise Invalid([{"header": "Idempotency-Key", "detail": "Expected 1..255 visible ASCII characters."}])
+    preconditions = req.get_header("If-Match")
+    fingerprint = hashlib.sha256(
+        orjson.dumps([body, preconditions], option=orjson.OPT_SORT_KEYS)
+    ).digest()
+    with idempotency.scope(req.context.tenant, key, req.method, req.path, fingerprint) as scope:
+        stored = scope.stored
+        if stored is not None:
+            resp.status = stored.status
+            resp.content_type = JSON
+            resp.data = stored.body
+            for name, value in stored.headers.items():
+                resp.set_header(name, value)
+            resp.set_header("Idempotent-Replayed", "true")
+            yield False
+            return
+        yield True
+        headers = {name: resp.get_header(name) for name in _REPLAYED_HEADERS if resp.get_header(name) is not None}
+        scope.record(resp.status_code, headers, resp.data)

@@ -71,6 +71,7 @@ Rules the server enforces that this document's schemas cannot express:
 _STANDARD = {
     "304": "Not modified: If-None-Match holds this version",
     "401": "API key missing, unknown or revoked (only when the server has keys; see WWW-Authenticate)",
+    "409": "Idempotency-Key in use by a running request (retry after Retry-After) or used for another request",
     "400": "Body (or metadata filter) is not JSON",
     "404": "Unknown or deleted context, malformed id, unknown version",
     "412": "If-Match did not match the head (the current head is in ETag)",
@@ -179,7 +180,9 @@ def _response(description: str, schema: str | None, headers: tuple[str, ...], me
 
 
 def _problem(code: str) -> dict[str, Any]:
-    headers = {"503": ("Retry-After",), "412": ("ETag",), "401": ("WWW-Authenticate",)}.get(code, ())
+    headers = {"503": ("Retry-After",), "409": ("Retry-After",), "412": ("ETag",), "401": ("WWW-Authenticate",)}.get(
+        code, ()
+    )
     if code == "304":
         return _response(_STANDARD[code], None, ("ETag",))
     return _response(_STANDARD[code], "Problem", headers, "application/problem+json")

@@ -15,7 +15,15 @@ from urllib.parse import quote
 import falcon
 import orjson
 
-from .errors import Invalid, MalformedBody, NotFound, PreconditionFailed, Unavailable
+from .errors import (
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    Invalid,
+    MalformedBody,
+    NotFound,
+    PreconditionFailed,
+    Unavailable,
+)
 from .logs import printable
 
 log = logging.getLogger("context_store")
@@ -112,6 +120,12 @@ def install(app: falcon.App, retry_after: int) -> None:
         log.debug("database unavailable: %s", error.detail)
         raise Problem(503, error.detail, headers={"Retry-After": str(retry_after)})
 
+    def on_key_in_use(req, resp, error, params):
+        raise Problem(409, error.detail, slug="idempotency-key-in-use", headers={"Retry-After": "1"})
+
+    def on_key_reused(req, resp, error, params):
+        raise Problem(409, error.detail, slug="idempotency-key-reused")
+
     def on_malformed(req, resp, error, params):
         raise Problem(400, error.detail, slug="malformed-json")
 
@@ -133,5 +147,7 @@ def install(app: falcon.App, retry_after: int) -> None:
     app.add_error_handler(PreconditionFailed, on_precondition)
     app.add_error_handler(Unavailable, on_unavailable)
     app.add_error_handler(MalformedBody, on_malformed)
+    app.add_error_handler(IdempotencyKeyInUse, on_key_in_use)
+    app.add_error_handler(IdempotencyKeyReused, on_key_reused)
     app.add_error_handler(Invalid, on_invalid)
     app.set_error_serializer(_serialize)

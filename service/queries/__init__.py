@@ -12,6 +12,7 @@ from ..db import Database
 from ..tokens import Tokenizer
 from .contexts import Contexts
 from .health import Health
+from .idempotency import Idempotency
 from .keys import Keys
 from .messages import Messages
 
@@ -22,6 +23,7 @@ class Store:
     messages: Messages
     health: Health
     keys: Keys
+    idempotency: Idempotency
 
     @classmethod
     def build(cls, settings: Settings, db: Database, tokenizer: Tokenizer) -> Store:
@@ -31,4 +33,5 @@ class Store:
             messages=Messages(db, tokenizer),
             health=Health(db, tokenizer),
             keys=Keys(db),
+            idempotency=Idempotency(db, ttl_seconds=settings.idempotency_ttl_hours * 3600),
         )

@@ -6,9 +6,10 @@ from uuid import UUID
 
 import falcon
 
-from ..http import JSON, MERGE_PATCH, BodyReader, etag, link_next, send
+from ..http import IDEMPOTENCY_KEY, JSON, MERGE_PATCH, BodyReader, etag, idempotent, link_next, send
 from ..openapi import operation
 from ..queries.contexts import Contexts
+from ..queries.idempotency import Idempotency
 from ..representations import context_doc, decode_cursor, encode_cursor
 from ..schemas.loading import load_body, load_query
 from ..schemas.requests import RequestSchemas
@@ -17,22 +18,27 @@ TAG = "contexts"
 
 
 class Collection:
-    def __init__(self, contexts: Contexts, schemas: RequestSchemas, read_body: BodyReader) -> None:
+    def __init__(self, contexts: Contexts, idempotency: Idempotency, schemas: RequestSchemas,
+                 read_body: BodyReader) -> None:
         self.contexts = contexts
+        self.idempotency = idempotency
         self.schemas = schemas
         self.read_body = read_body
 
     @operation(
         "createContext", tag=TAG, summary="Create a context", ok="201", ok_schema="Context",
-        ok_headers=("Location", "ETag"), query="NoQuery", body="ContextCreate",
+        ok_headers=("Location", "ETag"), query="NoQuery", body="ContextCreate", statuses=("409",),
+        headers=(IDEMPOTENCY_KEY,),
     )
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         load_query(self.schemas.no_query, req.params)
         data = load_body(self.schemas.context_create, self.read_body(req))
-        row = self.contexts.create(req.context.tenant, data.get("metadata", {}))
-        resp.location = f"/v1/contexts/{row['id']}"
-        resp.etag = etag(row["head_version"])
-        send(resp, context_doc(row), 201)
+        with idempotent(req, resp, self.idempotency, data) as fresh:
+            if fresh:
+                row = self.contexts.create(req.context.tenant, data.get("metadata", {}))
+                resp.location = f"/v1/contexts/{row['id']}"
+                resp.etag = etag(row["head_version"])
+                send(resp, context_doc(row), 201)
 
     @operation(
         "listContexts", tag=TAG, summary="List contexts, newest first (keyset pages)", ok="200",
@@ -101,21 +107,26 @@ class Item:
 
 
 class Forks:
-    def __init__(self, contexts: Contexts, schemas: RequestSchemas, read_body: BodyReader) -> None:
+    def __init__(self, contexts: Contexts, idempotency: Idempotency, schemas: RequestSchemas,
+                 read_body: BodyReader) -> None:
         self.contexts = contexts
+        self.idempotency = idempotency
         self.schemas = schemas
         self.read_body = read_body
 
     @operation(
         "forkContext", tag=TAG, summary="Fork a context at a version without copying a message", ok="201",
         ok_schema="Context", ok_headers=("Location", "ETag"), query="NoQuery", body="ForkCreate",
+        statuses=("409",), headers=(IDEMPOTENCY_KEY,),
     )
     def on_post(self, req: falcon.Request, resp: falcon.Response, context_id: UUID) -> None:
         load_query(self.schemas.no_query, req.params)
         data = load_body(self.schemas.fork_create, self.read_body(req))
-        row = self.contexts.fork(
-            req.context.tenant, context_id, at_version=data.get("at_version"), metadata=data.get("metadata")
-        )
-        resp.location = f"/v1/contexts/{row['id']}"
-        resp.etag = etag(row["head_version"])
-        send(resp, context_doc(row), 201)
+        with idempotent(req, resp, self.idempotency, data) as fresh:
+            if fresh:
+                row = self.contexts.fork(
+                    req.context.tenant, context_id, at_version=data.get("at_version"), metadata=data.get("metadata")
+                )
+                resp.location = f"/v1/contexts/{row['id']}"
+                resp.etag = etag(row["head_version"])
+                send(resp, context_doc(row), 201)

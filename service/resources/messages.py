@@ -6,8 +6,19 @@ from uuid import UUID
 
 import falcon
 
-from ..http import IF_MATCH_PATTERN, BodyReader, cacheable, etag, link_next, parse_if_match, send
+from ..http import (
+    IDEMPOTENCY_KEY,
+    IF_MATCH_PATTERN,
+    BodyReader,
+    cacheable,
+    etag,
+    idempotent,
+    link_next,
+    parse_if_match,
+    send,
+)
 from ..openapi import operation
+from ..queries.idempotency import Idempotency
 from ..queries.messages import Messages
 from ..schemas.loading import load_body, load_query
 from ..schemas.requests import RequestSchemas
@@ -30,27 +41,32 @@ IF_NONE_MATCH = {
 
 
 class Collection:
-    def __init__(self, messages: Messages, schemas: RequestSchemas, read_body: BodyReader) -> None:
+    def __init__(self, messages: Messages, idempotency: Idempotency, schemas: RequestSchemas,
+                 read_body: BodyReader) -> None:
         self.messages = messages
+        self.idempotency = idempotency
         self.schemas = schemas
         self.read_body = read_body
 
     @operation(
         "appendMessages", tag=TAG, summary="Append 1..MAX_BATCH_MESSAGES messages, all or nothing", ok="201",
         ok_schema="AppendResult", ok_headers=("ETag",), query="NoQuery", body="AppendMessages",
-        body_required=True, statuses=("412",), headers=(IF_MATCH,),
+        body_required=True, statuses=("409", "412"), headers=(IF_MATCH, IDEMPOTENCY_KEY),
     )
     def on_post(self, req: falcon.Request, resp: falcon.Response, context_id: UUID) -> None:
         load_query(self.schemas.no_query, req.params)
-        batch = load_body(self.schemas.append_messages, self.read_body(req))["messages"]
+        data = load_body(self.schemas.append_messages, self.read_body(req))
         if_match = parse_if_match(req.get_header("If-Match"))
-        appended = self.messages.append(req.context.tenant, context_id, batch, if_match)
-        resp.etag = etag(appended.head_version)
-        send(
-            resp,
-            {"data": appended.data, "head_version": appended.head_version, "total_tokens": appended.total_tokens},
-            201,
-        )
+        with idempotent(req, resp, self.idempotency, data) as fresh:
+            if fresh:
+                appended = self.messages.append(req.context.tenant, context_id, data["messages"], if_match)
+                resp.etag = etag(appended.head_version)
+                send(
+                    resp,
+                    {"data": appended.data, "head_version": appended.head_version,
+                     "total_tokens": appended.total_tokens},
+                    201,
+                )
 
     @operation(
         "listMessages", tag=TAG, summary="A keyset page of a context's messages", ok="200",

@@ -17,7 +17,8 @@ from service.ids import uuid7
 from service.migrate import LOCK_KEY, CannotMigrate, MigrationError, discover, migrate, schema_state
 from service.paths import sql_dir
 
-NAMES = ["0001_init", "0002_lineage", "0003_versioned_reads", "0004_api_keys"]
+NAMES = ["0001_init", "0002_lineage", "0003_versioned_reads", "0004_api_keys", "0006_idempotency"]
+VERSIONS = [int(name[:4]) for name in NAMES]
 
 
 def _recorded(url: str) -> list[tuple[int, str, str]]:
@@ -55,7 +56,7 @@ def test_schema_migrations_records_each_file_with_its_sha256(empty_database):
     migrate(empty_database.url)
     folder = sql_dir() / "migrations"
     expected = []
-    for version, name in enumerate(NAMES, start=1):
+    for version, name in zip(VERSIONS, NAMES):
         text = (folder / f"{name}.sql").read_text(encoding="utf-8")
         expected.append((version, name, hashlib.sha256(text.encode("utf-8")).hexdigest()))
     assert _recorded(empty_database.url) == expected
@@ -88,7 +89,7 @@ def test_concurrent_runners_both_succeed_and_apply_each_file_once(empty_database
         counts = conn.execute(
             "SELECT version, count(*) FROM schema_migrations GROUP BY version ORDER BY version"
         ).fetchall()
-    assert counts == [(version, 1) for version in range(1, len(NAMES) + 1)]
+    assert counts == [(version, 1) for version in VERSIONS]
 
 
 def test_concurrent_runners_without_coordination_both_succeed(empty_database):
@@ -96,7 +97,7 @@ def test_concurrent_runners_without_coordination_both_succeed(empty_database):
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(lambda _: migrate(url), range(2)))
     assert sorted(results, key=len) == [[], NAMES]
-    assert [row[:2] for row in _recorded(url)] == list(enumerate(NAMES, start=1))
+    assert [row[:2] for row in _recorded(url)] == list(zip(VERSIONS, NAMES))
 
 
 def test_migrate_releases_its_lock_when_done(empty_database):
@@ -110,20 +111,20 @@ def test_migrate_releases_its_lock_when_done(empty_database):
 
 def test_schema_state_reports_applied_and_latest_versions_without_creating_anything(empty_database):
     state = schema_state(empty_database.url)
-    assert (state.applied, state.latest, state.pending, state.current) == (0, len(NAMES), tuple(NAMES), False)
+    assert (state.applied, state.latest, state.pending, state.current) == (0, VERSIONS[-1], tuple(NAMES), False)
     assert not _exists(empty_database.url, "schema_migrations")  # asked, nothing created
     migrate(empty_database.url)
     with psycopg.connect(empty_database.url, autocommit=True) as conn:  # an open connection works too
         state = schema_state(conn)
         assert not conn.closed
-    assert (state.applied, state.latest, state.pending, state.current) == (len(NAMES), len(NAMES), (), True)
+    assert (state.applied, state.latest, state.pending, state.current) == (VERSIONS[-1], VERSIONS[-1], (), True)
 
 
 def test_schema_state_counts_a_new_file_as_pending(empty_database, migrations_copy):
     migrate(empty_database.url, folder=migrations_copy)
     (migrations_copy / "0099_extra.sql").write_text("CREATE TABLE extra (id int);\n", encoding="utf-8")
     state = schema_state(empty_database.url, folder=migrations_copy)
-    assert (state.applied, state.latest, state.pending, state.current) == (len(NAMES), 99, ("0099_extra",), False)
+    assert (state.applied, state.latest, state.pending, state.current) == (VERSIONS[-1], 99, ("0099_extra",), False)
 
 
 def test_migrate_on_a_current_schema_neither_locks_nor_creates(empty_database):
@@ -179,7 +180,7 @@ def test_a_migration_edited_after_it_was_applied_is_refused_by_name(empty_databa
     assert "0002_lineage" not in str(info.value)
     # Nothing after the refusal was applied.
     assert not _exists(empty_database.url, "later")
-    assert [row[0] for row in _recorded(empty_database.url)] == list(range(1, len(NAMES) + 1))
+    assert [row[0] for row in _recorded(empty_database.url)] == VERSIONS
 
 
 def test_a_new_migration_file_is_applied_on_the_next_run(empty_database, migrations_copy):
@@ -219,7 +220,7 @@ def test_two_files_with_one_version_are_refused(tmp_path):
 def test_discover_ignores_files_that_are_not_sql(migrations_copy):
     (migrations_copy / "README.md").write_text("notes\n", encoding="utf-8")
     assert [m.name for m in discover(migrations_copy)] == NAMES
-    assert [m.version for m in discover(migrations_copy)] == list(range(1, len(NAMES) + 1))
+    assert [m.version for m in discover(migrations_copy)] == VERSIONS
 
 
 # --- constraints --------------------------------------------------------------

@@ -113,6 +113,7 @@ def test_from_env_reads_os_environ_when_no_mapping_is_given(monkeypatch):
         ("AUTH_CACHE_TTL_SECONDS", "0.5", "auth_cache_ttl", 0.5),
         ("DB_PROBE_INTERVAL_MS", "100", "probe_interval_ms", 100),
         ("TOKENIZER_LOAD_TIMEOUT", "0.5", "tokenizer_load_timeout", 0.5),
+        ("IDEMPOTENCY_TTL_HOURS", "48", "idempotency_ttl_hours", 48),
     ],
 )
 def test_each_variable_is_parsed_into_its_field(variable, raw, field, expected):
@@ -319,6 +320,7 @@ def test_each_listed_variable_changes_its_setting():
         "AUTH_CACHE_TTL_SECONDS": "1",
         "DB_PROBE_INTERVAL_MS": "1000",
         "TOKENIZER_LOAD_TIMEOUT": "1",
+        "IDEMPOTENCY_TTL_HOURS": "25",
     }
     assert sorted(samples) == sorted(name for name, _ in variables())
     default = Settings()
