@@ -7,6 +7,7 @@ import falcon
 from . import problems
 from .auth import Authenticator
 from .config import Settings
+from .cors import Cors
 from .http import BodyReader
 from .limits import MAX_VERSION
 from .middleware import RequestContext
@@ -25,7 +26,10 @@ def create_app(settings: Settings, store: Store) -> falcon.App:
     schemas = RequestSchemas(settings)
     read_body = BodyReader(settings.max_body_bytes)
     authenticator = Authenticator(store.keys, settings.auth_cache_ttl)
-    app = falcon.App(middleware=[RequestContext(settings.max_body_bytes), authenticator])
+    middleware: list[object] = [RequestContext(settings.max_body_bytes), authenticator]
+    if settings.cors_allow_origins:
+        middleware.append(Cors(settings.cors_allow_origins))
+    app = falcon.App(middleware=middleware)
     app.req_options.keep_blank_qs_values = True
     app.req_options.strip_url_path_trailing_slash = False
     problems.install(app, settings.retry_after)

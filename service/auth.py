@@ -116,7 +116,8 @@ class Authenticator:
             self._tenants.clear()
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if not guarded(req.path):
+        # A browser's CORS preflight carries no credentials by design.
+        if not guarded(req.path) or req.method == "OPTIONS":
             return
         credential = bearer_credential(req.get_header("Authorization"))
         if credential is not None and is_well_formed(credential):

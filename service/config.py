@@ -78,6 +78,16 @@ def _text(raw: str) -> str:
     return raw.strip()
 
 
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    if "*" in origins and len(origins) > 1:
+        raise ValueError("expected * alone, or a comma-separated list of origins")
+    for origin in origins:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise ValueError(f"expected origins like https://app.example.com, not {origin!r}")
+    return origins
+
+
 def _database_url(raw: str) -> str | None:
     value = raw.strip()
     if not value:
@@ -129,6 +139,8 @@ _SPEC: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("tokenizer_load_timeout", "TOKENIZER_LOAD_TIMEOUT", _float(0.1, 300)),
     # Idempotency keys
     ("idempotency_ttl_hours", "IDEMPOTENCY_TTL_HOURS", _int(24, 24 * 365)),
+    # Browser clients
+    ("cors_allow_origins", "CORS_ALLOW_ORIGINS", _origins),
 )
 
 
@@ -184,6 +196,8 @@ class Settings:
     tokenizer_load_timeout: float = 5.0
     # Idempotency keys: API.md keeps a response at least 24 hours.
     idempotency_ttl_hours: int = 24
+    # Browser clients: origins allowed by CORS; none (off) by default.
+    cors_allow_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

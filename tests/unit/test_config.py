@@ -114,6 +114,7 @@ def test_from_env_reads_os_environ_when_no_mapping_is_given(monkeypatch):
         ("DB_PROBE_INTERVAL_MS", "100", "probe_interval_ms", 100),
         ("TOKENIZER_LOAD_TIMEOUT", "0.5", "tokenizer_load_timeout", 0.5),
         ("IDEMPOTENCY_TTL_HOURS", "48", "idempotency_ttl_hours", 48),
+        ("CORS_ALLOW_ORIGINS", "https://a.example", "cors_allow_origins", ("https://a.example",)),
     ],
 )
 def test_each_variable_is_parsed_into_its_field(variable, raw, field, expected):
@@ -321,6 +322,7 @@ def test_each_listed_variable_changes_its_setting():
         "DB_PROBE_INTERVAL_MS": "1000",
         "TOKENIZER_LOAD_TIMEOUT": "1",
         "IDEMPOTENCY_TTL_HOURS": "25",
+        "CORS_ALLOW_ORIGINS": "*",
     }
     assert sorted(samples) == sorted(name for name, _ in variables())
     default = Settings()
