@@ -3,6 +3,10 @@
 An Operation is one row of the table: what each client sends through HTTP (driver.py)
 and what it runs in the raw mode (raw.py), with per-client arguments. A cell is one
 operation at one concurrency in one mode, bounded by a request budget and a duration.
+
+The writes group (`measure_writes`) measures single-message appends three ways in
+paired rounds: plain, with a fresh Idempotency-Key per request, and on a second
+service whose database holds an API key, with `Authorization: Bearer <key>`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class Operation:
     op: str  # driver operation
     msgs: int | None  # messages written or returned per request (None: not applicable)
     args: Callable[[int], list[dict[str, Any]]]  # clients -> per-client args
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every request of its HTTP cells
 
 
 @dataclass
@@ -95,6 +100,59 @@ class Run:
     # (large key, small key) -> per-round p50 ratios, measured back to back
     paired: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     compare: Compare | None = None
+    writes: Writes | None = None
+
+
+# ---------------------------------------------------------------- the writes group
+
+PLAIN_APPEND = "append1"
+IDEMPOTENT_APPEND = "append1-idem"
+AUTH_APPEND = "append1-auth"
+WRITE_KEYS = (IDEMPOTENT_APPEND, AUTH_APPEND)
+
+
+@dataclass
+class WriteRow:
+    """One variant of the single-message append at one concurrency, over all rounds."""
+
+    key: str
+    label: str
+    mode: str  # "http" or "raw"
+    clients: int
+    result: Result
+    base: Result  # the plain append of the same mode, measured in the same rounds
+    round_ratios: list[float]  # per-round p50 of this variant / p50 of the plain append
+
+
+@dataclass
+class Writes:
+    rounds: int
+    auth: str  # how the API-key service was set up, for the report
+    rows: list[WriteRow] = field(default_factory=list)
+    recorded: int | None = None  # idempotency keys the keyed cells left in the database
+    keyed_requests: int = 0  # measured keyed requests (warm-up requests are keyed too)
+
+
+def write_keys(args: argparse.Namespace) -> list[str]:
+    """The keyed append variants this run measures (none: no writes group). Selected
+    by `--only` like the operations; skipped by --no-write-keys and in compare mode."""
+    if args.no_write_keys or args.compare is not None:
+        return []
+    only = args.only
+    return [key for key in WRITE_KEYS if not only or any(key.startswith(prefix) for prefix in only)]
+
+
+def fresh_contexts(api: Api, batch: int, explicit: bool, **extra: Any) -> Callable[[int], list[dict[str, Any]]]:
+    """Per-client append args: one fresh context per client, so appends to different
+    contexts never wait on each other; `extra` goes into every client's args."""
+    def make(clients: int) -> list[dict[str, Any]]:
+        out = []
+        for i in range(clients):
+            cid = api.call("POST", "/v1/contexts", {"metadata": {"bench": f"append-{batch}"}}, 201)["id"]
+            out.append({"context_id": cid, "batch_size": batch, "seed": 100 + i, "explicit_tokens": explicit,
+                        **extra})
+        return out
+    return make
 
 
 def plan(api: Api, sizes: list[int], data: Dataset, only: list[str] | None = None) -> list[Operation]:
@@ -104,14 +162,7 @@ def plan(api: Api, sizes: list[int], data: Dataset, only: list[str] | None = Non
     contexts, heads, chain, window_only = data.contexts, data.heads, data.chain, data.window_only
 
     def fresh(batch: int, explicit: bool) -> Callable[[int], list[dict[str, Any]]]:
-        def make(clients: int) -> list[dict[str, Any]]:
-            # one fresh context per client: appends to different contexts never wait
-            out = []
-            for i in range(clients):
-                cid = api.call("POST", "/v1/contexts", {"metadata": {"bench": f"append-{batch}"}}, 201)["id"]
-                out.append({"context_id": cid, "batch_size": batch, "seed": 100 + i, "explicit_tokens": explicit})
-            return out
-        return make
+        return fresh_contexts(api, batch, explicit)
 
     def same(**kw: Any) -> Callable[[int], list[dict[str, Any]]]:
         return lambda clients: [dict(kw) for _ in range(clients)]
@@ -162,7 +213,7 @@ def measure(args: argparse.Namespace, clients: Clients, operation: Operation, mo
     per_client = max(1, math.ceil(max_requests / concurrency))
     specs = [
         {"mode": mode, "op": operation.op, "args": a, "max_requests": per_client, "port": port,
-         "duration": duration, "seed": 1000 * concurrency + i}
+         "duration": duration, "seed": 1000 * concurrency + i, "headers": operation.headers}
         for i, a in enumerate(operation.args(concurrency))
     ]
     for i, spec in enumerate(specs):
@@ -189,13 +240,15 @@ def describe(result: Result) -> str:
     return f"{result.rps:,.0f} req/s p50 {result.pct(0.5):.2f} ms p99 {result.pct(0.99):.2f} ms"
 
 
-def measure_table(run: Run, clients: Clients, port: int) -> None:
-    """Every cell of the table, in order: each operation, each concurrency, each mode."""
+def measure_table(run: Run, clients: Clients, port: int, skip: frozenset[str] = frozenset()) -> None:
+    """Every cell of the table, in order: each operation, each concurrency, each mode;
+    but not the operations in `skip` (measured elsewhere, by the writes group)."""
     args = run.args
     modes = ["http"] if args.no_raw else ["http", "raw"]
-    total = len(run.operations) * len(args.clients) * len(modes)
+    operations = [o for o in run.operations if o.key not in skip]
+    total = len(operations) * len(args.clients) * len(modes)
     done = 0
-    for operation in run.operations:
+    for operation in operations:
         for concurrency in args.clients:
             for mode in modes:
                 result = measure(args, clients, operation, mode, concurrency, port)
@@ -271,3 +324,61 @@ def measure_compare(run: Run, clients: Clients, current_port: int, ref_ops: list
             run.compare.cells.append(CompareCell(operation.key, operation.label, concurrency, current, ref, ratios))
             log(f"[{index}/{total}] {operation.label} x{concurrency}: current {describe(current)}; "
                 f"ref {describe(ref)}" + (f"; p50 ratio median {statistics.median(ratios):.2f}" if ratios else ""))
+
+
+def measure_writes(run: Run, clients: Clients, api: Api, port: int, auth_api: Api | None, auth_port: int,
+                   keys: list[str]) -> None:
+    """The writes group: single-message appends without a key (the table's
+    "append 1 msg" cells, measured here), with a fresh Idempotency-Key per request,
+    and on the API-key service with its Bearer key, in `--compare-rounds` rounds of
+    each cell's budget per concurrency. In a round the variants run back to back (then
+    the raw plain and keyed appends); the order reverses from round to round (ABC, CBA,
+    ...), so a slow second of the machine hits every variant alike. Each round gives
+    each variant's p50 over the plain append's of the same mode."""
+    assert run.writes is not None
+    args = run.args
+    plain = Operation(PLAIN_APPEND, "append 1 msg, no key", "append", 1, fresh_contexts(api, 1, False))
+    keyed = Operation(IDEMPOTENT_APPEND, "append 1 msg, fresh Idempotency-Key", "append", 1,
+                      fresh_contexts(api, 1, False, idempotency_keys=True))
+    variants: list[tuple[Operation, str, int]] = [(plain, "http", port)]
+    if IDEMPOTENT_APPEND in keys:
+        variants.append((keyed, "http", port))
+    if AUTH_APPEND in keys and auth_api is not None:
+        auth = Operation(AUTH_APPEND, "append 1 msg, API keys on (Bearer)", "append", 1,
+                         fresh_contexts(auth_api, 1, False), dict(auth_api.headers))
+        variants.append((auth, "http", auth_port))
+    if not args.no_raw:
+        variants.append((Operation(PLAIN_APPEND, "raw: append 1 msg", "append", 1,
+                                   fresh_contexts(api, 1, False)), "raw", port))
+        if IDEMPOTENT_APPEND in keys:
+            variants.append((Operation(IDEMPOTENT_APPEND, "raw: key scope + append, one transaction", "append", 1,
+                                       fresh_contexts(api, 1, False, idempotency_keys=True)), "raw", port))
+    rounds = run.writes.rounds
+    duration = args.duration / rounds
+    budget = max(1, math.ceil(args.max_requests / rounds))
+    index = 0
+    for concurrency in args.clients:
+        got: dict[tuple[str, str], list[Result]] = {(o.key, mode): [] for o, mode, _ in variants}
+        ratios: dict[tuple[str, str], list[float]] = {(o.key, mode): [] for o, mode, _ in variants}
+        for _ in range(rounds):
+            order = variants if index % 2 == 0 else variants[::-1]
+            index += 1
+            this_round = {}
+            for operation, mode, target in order:
+                result = measure(args, clients, operation, mode, concurrency, target, duration, budget)
+                got[(operation.key, mode)].append(result)
+                this_round[(operation.key, mode)] = result
+            for (key, mode), result in this_round.items():
+                base = this_round[(PLAIN_APPEND, mode)]
+                if result.requests and base.requests:
+                    ratios[(key, mode)].append(result.pct(0.5) / base.pct(0.5))
+        merged = {cell: Result.merged(parts) for cell, parts in got.items()}
+        for operation, mode, _ in variants:
+            result = merged[(operation.key, mode)]
+            if operation.key == PLAIN_APPEND:  # the table's "append 1 msg" row
+                run.results[(PLAIN_APPEND, mode, concurrency)] = result
+            run.writes.rows.append(WriteRow(operation.key, operation.label, mode, concurrency, result,
+                                            merged[(PLAIN_APPEND, mode)], ratios[(operation.key, mode)]))
+            if operation.key == IDEMPOTENT_APPEND:
+                run.writes.keyed_requests += result.requests
+            log(f"[writes] {operation.label} x{concurrency}: {describe(result)}")

@@ -12,12 +12,17 @@ What a run does, in order:
    service under gunicorn (2 workers) on a free loopback port with DATABASE_URL
    pointing at that server, and waits for /health (services.py); with --compare, also
    the ref's service, from its exported tree, on its own database of the same server;
+   for the writes group, a service of the current tree on a database with an API key;
 2. bulk-loads contexts of 1,000 / 10,000 / 100,000 messages through the API in
-   batches of 1000, and a chain of 32 forks (load.py), on each service;
+   batches of 1000, and a chain of 32 forks (load.py), on each compared service;
 3. runs every operation (cells.py) at 1 and 8 concurrent clients, each client its own
    process with one keep-alive HTTP/1.1 connection to 127.0.0.1 (driver.py), then the
    same named SQL statements straight through psycopg (raw.py); with --compare, the
-   HTTP cells only, alternating between the two services;
+   HTTP cells only, alternating between the two services; then (not in compare mode)
+   the writes group: single-message appends without a key, with a fresh
+   Idempotency-Key per request, and on another service of the current tree whose
+   database (of the same server) holds one API key, with its Bearer key, in paired
+   rounds (cells.measure_writes);
 4. prints the table, the service/raw ratios, the targets with pass/fail, the compare
    table, worker memory and the database size per million messages, and writes them
    as markdown under bench/out/ (and bench/RESULTS.md with --write-results) (report.py);
@@ -37,9 +42,10 @@ from pathlib import Path
 
 from bench import cells, facts, load, report, services
 from bench.common import OUT_DIR, REPO, RESULTS_MD, log
-from bench.driver import Clients
+from bench.driver import KEY_PREFIX, Clients
 
 REF_DATABASE = "context_store_bench_ref"
+AUTH_DATABASE = "context_store_bench_auth"
 
 
 # ---------------------------------------------------------------- options
@@ -71,7 +77,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the service's LOG_LEVEL (default info, as deployed; logs go to bench/out/)")
     parser.add_argument("--only", type=_str_list, default=None,
                         help="run only operations whose key starts with one of these "
-                             "(create, append, list, window, get, fork, forkwin)")
+                             "(create, append, list, window, get, fork, forkwin; the writes group's "
+                             "append1-idem and append1-auth)")
+    parser.add_argument("--no-write-keys", action="store_true",
+                        help="skip the writes group (appends with an Idempotency-Key and with API keys on, "
+                             "and the service with a key)")
     parser.add_argument("--no-raw", action="store_true", help="skip the raw SQL cells")
     parser.add_argument("--no-explain", action="store_true",
                         help="skip EXPLAIN ANALYZE of the read statements on the largest context")
@@ -85,7 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "every cell on both, alternating; prints a compare table (raw cells skipped)")
     parser.add_argument("--compare-rounds", type=int, default=None,
                         help="compare mode: 1-client cells run in this many rounds of the cell's budget, "
-                             "alternating the two services, for a median p50 ratio (default 3; --quick 2)")
+                             "alternating the two services, for a median p50 ratio; the writes group's "
+                             "cells too, alternating the variants (default 3; --quick 2)")
     args = parser.parse_args(argv)
     args.sizes = sorted(set(args.sizes or ([1000, 10000] if args.quick else [1000, 10000, 100000])))
     args.duration = args.duration if args.duration is not None else (0.5 if args.quick else 3.0)
@@ -170,6 +181,22 @@ def check_two_codes(current: services.Service, ref: services.Service, compare: c
     log(f"code: current {current.module_file}; {ref.name} {ref.module_file}; /openapi.json {compare.openapi}")
 
 
+# ---------------------------------------------------------------- the writes group
+
+
+def check_keyed_writes(run: cells.Run, database_url: str) -> None:
+    """Count the idempotency keys the keyed cells left: at least one per measured
+    keyed request, or those cells did not measure what they claim."""
+    assert run.writes is not None
+    if cells.IDEMPOTENT_APPEND not in {row.key for row in run.writes.rows}:
+        return
+    run.writes.recorded = services.recorded_keys(database_url, KEY_PREFIX)
+    log(f"idempotency keys recorded: {run.writes.recorded:,} for {run.writes.keyed_requests:,} measured keyed "
+        "requests (and their warm-up)")
+    if run.writes.recorded < run.writes.keyed_requests:
+        raise RuntimeError("the keyed appends recorded fewer idempotency keys than they sent requests")
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -201,6 +228,26 @@ def main(argv: list[str] | None = None) -> int:
         run.info["service_version"] = current.health.get("version")
         run.info["tokenizer"] = (current.health.get("tokenizer")
                                  or (current.health.get("tokens") or {}).get("tokenizer") or "?")
+        write_keys = cells.write_keys(args)
+        auth = None
+        if cells.AUTH_APPEND in write_keys:
+            # Its own database of the same server, with one key from before it starts:
+            # every worker requires keys from its first request, whatever the cache TTL.
+            auth_url = services.create_database(database_url, AUTH_DATABASE)
+            auth = services.Service("auth", REPO, auth_url, home / "auth", OUT_DIR / f"gunicorn-{stamp}-auth.log",
+                                    bearer=services.create_api_key(auth_url))
+            started.append(auth)
+            auth.start(args)
+            services.require_keys(auth.port)
+        if write_keys:
+            run.writes = cells.Writes(
+                rounds=args.compare_rounds,
+                auth=("its own database (context_store_bench_auth) of the same server, one API key created "
+                      "through the store before it started; clients send Authorization: Bearer <key>"
+                      if auth is not None else "not measured"),
+            )
+        elif run.compare is not None and not args.no_write_keys:
+            log("compare mode: the writes group (keyed appends, API keys) is not run")
         ref = None
         if run.compare is not None:
             assert ref_dir is not None
@@ -226,7 +273,14 @@ def main(argv: list[str] | None = None) -> int:
             ref_ops = cells.plan(ref.api, args.sizes, ref_data, args.only)
             cells.measure_compare(run, clients, current.port, ref_ops, ref.port)
         else:
-            cells.measure_table(run, clients, current.port)
+            # with the writes group, the "append 1 msg" cells are its plain variant
+            skip = frozenset({cells.PLAIN_APPEND}) if write_keys else frozenset()
+            cells.measure_table(run, clients, current.port, skip)
+            if write_keys:
+                cells.measure_writes(run, clients, current.api, current.port,
+                                     auth.api if auth is not None else None, auth.port if auth is not None else 0,
+                                     write_keys)
+                check_keyed_writes(run, database_url)
 
         cells.measure_pairs(run, clients, current.port)
         assert current.proc is not None

@@ -17,11 +17,14 @@ count and in time; a client idle for IDLE_LIMIT seconds exits by itself.
 from __future__ import annotations
 
 import http.client
+import itertools
 import multiprocessing
 import random
 import time
 import traceback
+import uuid
 from array import array
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -31,6 +34,7 @@ IDLE_LIMIT = 1800.0  # seconds a client waits for its next command before giving
 WARMUP_REQUESTS = 5
 WARMUP_SECONDS = 0.5
 HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+KEY_PREFIX = "bench-"  # of every Idempotency-Key the clients send
 
 
 # ---------------------------------------------------------------- payloads
@@ -61,6 +65,7 @@ class HttpClient:
     def __init__(self, port: int) -> None:
         self.port = port
         self.conn: http.client.HTTPConnection | None = None
+        self.headers = HEADERS  # every request's; a cell may add its own (Authorization)
 
     def open(self) -> None:
         self.close()
@@ -72,12 +77,14 @@ class HttpClient:
             self.conn.close()
             self.conn = None
 
-    def call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    def call(self, method: str, path: str, body: bytes | None = None,
+             extra: dict[str, str] | None = None) -> tuple[int, bytes]:
         if self.conn is None:
             self.open()
         assert self.conn is not None
+        headers = self.headers if extra is None else {**self.headers, **extra}
         try:
-            self.conn.request(method, path, body=body, headers=HEADERS)
+            self.conn.request(method, path, body=body, headers=headers)
             response = self.conn.getresponse()
             return response.status, response.read()
         except (http.client.HTTPException, OSError):
@@ -93,6 +100,8 @@ def http_operation(spec: dict[str, Any], client: HttpClient, rng: random.Random)
         path = f"/v1/contexts/{args['context_id']}/messages"
         batch = message_batch(args["batch_size"], args["seed"], args["explicit_tokens"])
         body = orjson.dumps({"messages": batch})
+        if args.get("idempotency_keys"):
+            return _keyed_request(client, path, body, 201)
         return _request(client, "POST", path, body, 201)
     if op == "list":
         path = f"/v1/contexts/{args['context_id']}/messages?order=desc&limit={args['limit']}"
@@ -122,6 +131,24 @@ def _request(client: HttpClient, method: str, path: str, body: bytes | None, exp
         status, data = client.call(method, path, body)
         if status != expected:
             raise RuntimeError(f"{method} {path}: {status} {data[:200]!r}")
+
+    return call
+
+
+def unique_keys() -> Iterator[str]:
+    """Idempotency keys no other client, cell or run has used: every request is a
+    first request, so each one writes (and records its response)."""
+    prefix = f"{KEY_PREFIX}{uuid.uuid4().hex}-"
+    return (f"{prefix}{n}" for n in itertools.count())
+
+
+def _keyed_request(client: HttpClient, path: str, body: bytes, expected: int):
+    keys = unique_keys()
+
+    def call() -> None:
+        status, data = client.call("POST", path, body, {"Idempotency-Key": next(keys)})
+        if status != expected:
+            raise RuntimeError(f"POST {path} with Idempotency-Key: {status} {data[:200]!r}")
 
     return call
 
@@ -186,6 +213,7 @@ def client_main(pipe, database_url: str) -> None:
                 rng = random.Random(spec["seed"])
                 if spec["mode"] == "http":
                     http_client.port = spec["port"]
+                    http_client.headers = {**HEADERS, **spec.get("headers", {})}
                     http_client.open()
                     operation = http_operation(spec, http_client, rng)
                 else:

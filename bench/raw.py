@@ -2,20 +2,24 @@
 without HTTP: the same statements, built by the same code, that a request runs.
 
 Every raw cell goes through one function per operation below (`create`, `append`,
-`last`, `window`, `get`, `fork`), each one call of a store method. `captured` runs
+`keyed_append`, `last`, `window`, `get`, `fork`), each one call of a store method
+(`keyed_append`: the idempotency scope around one). `captured` runs
 one of them and records the statements it executed with their parameters, so the
 EXPLAIN section explains exactly what the raw cells (and the service) run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Callable
 from uuid import UUID
 
-from bench.driver import message_batch
+import orjson
+
+from bench.driver import message_batch, unique_keys
 from service import sql
 from service.config import Settings
 from service.db import Database
@@ -75,6 +79,21 @@ def append(raw: RawStore, context_id: UUID, batch: list[dict[str, Any]]) -> Any:
     return raw.store.messages.append(TENANT, context_id, batch)
 
 
+def keyed_append(raw: RawStore, context_id: UUID, batch: list[dict[str, Any]], key: str) -> Any:
+    """Append a batch under a fresh Idempotency-Key, as the service's keyed POST does
+    (service/http.py `idempotent`): one transaction claims the key, appends, records
+    the response it would send, and commits."""
+    body = {"messages": batch}
+    fingerprint = hashlib.sha256(orjson.dumps([body, None], option=orjson.OPT_SORT_KEYS)).digest()
+    path = f"/v1/contexts/{context_id}/messages"
+    with raw.store.idempotency.scope(TENANT, key, "POST", path, fingerprint) as scope:
+        appended = raw.store.messages.append(TENANT, context_id, batch)
+        response = {"data": appended.data, "head_version": appended.head_version,
+                    "total_tokens": appended.total_tokens}
+        scope.record(201, {"ETag": f'"{appended.head_version}"'}, orjson.dumps(response))
+    return appended
+
+
 def last(raw: RawStore, context_id: UUID, limit: int) -> Any:
     """The newest `limit` messages of a context."""
     return raw.store.messages.list(TENANT, context_id, limit=limit, descending=True)
@@ -105,6 +124,13 @@ def operation(spec: dict[str, Any], conn: RawStore, rng: random.Random) -> Calla
     if op == "append":
         context_id = UUID(args["context_id"])
         batch = message_batch(args["batch_size"], args["seed"], True)
+        if args.get("idempotency_keys"):
+            keys = unique_keys()
+
+            def do_keyed_append() -> None:
+                keyed_append(conn, context_id, batch, next(keys))
+
+            return do_keyed_append
 
         def do_append() -> None:
             append(conn, context_id, batch)

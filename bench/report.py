@@ -1,5 +1,5 @@
-"""The report: the table, the targets with pass/fail, the compare table, memory,
-storage and the EXPLAIN section, printed and as markdown."""
+"""The report: the table, the writes table, the targets with pass/fail, the compare
+table, memory, storage and the EXPLAIN section, printed and as markdown."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from bench.cells import Result, Run
+from bench.cells import PLAIN_APPEND, Result, Run
 from bench.common import fmt_n
 
 
@@ -63,6 +63,38 @@ def table_rows(run: Run) -> tuple[list[str], list[list[str]]]:
                 _f(raw.pct(0.99) if raw else None, 2), _f(ratio, 2), str(errors),
             ])
     return header, rows
+
+
+def writes_rows(run: Run) -> tuple[list[str], list[list[str]]]:
+    """The writes table: each append variant against the plain append of its mode,
+    measured in the same rounds."""
+    assert run.writes is not None
+    header = ["append", "clients", "req/s", "p50 ms", "p99 ms", "req/s / plain", "p50 / plain",
+              "p50 / plain, median of rounds", "errors"]
+    rows = []
+    for row in run.writes.rows:
+        r, base = row.result, row.base
+        plain = row.key == PLAIN_APPEND
+        rounds = row.round_ratios
+        median = ("-" if plain or not rounds else
+                  f"{statistics.median(rounds):.2f} ({len(rounds)}: " + ", ".join(f"{x:.2f}" for x in rounds) + ")")
+        rows.append([
+            row.label, str(row.clients), _f(r.rps), _f(r.pct(0.5), 2), _f(r.pct(0.99), 2),
+            "-" if plain else _f(_ratio(r.rps, base.rps), 2),
+            "-" if plain else _f(_ratio(r.pct(0.5), base.pct(0.5)), 2), median, str(r.errors),
+        ])
+    return header, rows
+
+
+WRITES_NOTE = (
+    "Single-message appends to a fresh context per client, in {rounds} rounds per concurrency of "
+    "1/{rounds} of a cell's budget each; in a round the variants run back to back and the order "
+    "reverses from round to round. Plain: no Idempotency-Key (the table's \"append 1 msg\" row). "
+    "Idempotency-Key: a new key per request (unique per client and request), so every request claims "
+    "its key, appends and records its response in one transaction. API keys on: a second service of the "
+    "same tree on {auth}. Raw: the store's calls without HTTP; the keyed one is the idempotency scope "
+    "(claim, append, record) in one transaction. Ratios are to the plain append of the same mode."
+)
 
 
 def text_table(header: list[str], rows: list[list[str]]) -> str:
@@ -178,6 +210,13 @@ def render_markdown(run: Run) -> str:
         md_table(header, rows),
         "",
     ]
+    if run.writes is not None:
+        lines += ["## Writes: retries and keys", "",
+                  WRITES_NOTE.format(rounds=run.writes.rounds, auth=run.writes.auth)
+                  + (f" The keyed cells left {run.writes.recorded:,} idempotency keys in the database for "
+                     f"{run.writes.keyed_requests:,} measured keyed requests (and their warm-up)."
+                     if run.writes.recorded is not None else ""), "",
+                  md_table(*writes_rows(run)), ""]
     if run.compare is not None:
         lines += compare_markdown(run)
     lines += [
@@ -205,6 +244,10 @@ def print_report(run: Run) -> None:
     print()
     print(text_table(header, rows))
     print()
+    if run.writes is not None:
+        print(f"Writes: retries and keys (paired rounds: {run.writes.rounds}; ratios to the plain append)")
+        print(text_table(*writes_rows(run)))
+        print()
     if run.compare is not None:
         c = run.compare
         print(f"Compare: current tree vs {c.ref} ({c.commit}); ratios are current/ref")

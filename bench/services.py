@@ -1,6 +1,9 @@
 """The processes the suite starts and stops: the embedded PostgreSQL, and the service
 under gunicorn (one for the current tree, and one for a git ref in compare mode).
 
+A third service, "auth", runs the current tree on a database holding one API key, for
+the keyed append rows (cells.measure_writes).
+
 Each service runs `python -m service serve` in its own session with its own
 DATABASE_URL, on a free port of 127.0.0.1, from a code folder: the repository, or an
 exported ref whose `service` package and `sql/` folder it then runs (the folder is
@@ -64,6 +67,44 @@ def create_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + name))
 
 
+def create_api_key(url: str, tenant: str = "bench") -> str:
+    """Migrate the database of `url` and store one API key for `tenant` in it, through
+    the service's own store (as `context-store keys create --tenant T` does); the key.
+    Done before the service starts, so its workers require keys from their first request."""
+    from bench.raw import RawStore
+    from service.migrate import migrate
+
+    migrate(url)
+    raw = RawStore(url)
+    try:
+        return raw.store.keys.create(tenant, "bench").key
+    finally:
+        raw.close()
+
+
+def require_keys(port: int) -> None:
+    """Make sure the service on `port` refuses a /v1 request without a key (and so
+    that the keyed cells measure a service with keys switched on)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    try:
+        conn.request("GET", "/v1/contexts/00000000-0000-0000-0000-000000000000", headers=driver.HEADERS)
+        response = conn.getresponse()
+        response.read()
+    finally:
+        conn.close()
+    if response.status != 401:
+        raise RuntimeError(f"the service with an API key answered {response.status} without one, not 401")
+
+
+def recorded_keys(url: str, prefix: str) -> int:
+    """How many idempotency keys starting with `prefix` the database of `url` holds."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM idempotency_keys WHERE starts_with(key, %s)", (prefix,)).fetchone()
+    return int(row[0]) if row else 0
+
+
 def vacuum(url: str) -> None:
     """What autovacuum would eventually do after the bulk load."""
     import psycopg
@@ -78,14 +119,15 @@ def vacuum(url: str) -> None:
 class Api:
     """The orchestrator's own client, for loading and probing (not measured)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, bearer: str | None = None) -> None:
         self.port = port
         self.conn = http.client.HTTPConnection(HOST, port, timeout=120)
+        self.headers = dict(driver.HEADERS) | ({"Authorization": f"Bearer {bearer}"} if bearer else {})
 
     def raw_call(self, method: str, path: str, data: bytes | None = None) -> tuple[int, bytes]:
         for attempt in range(2):  # one reconnect when keep-alive expired between calls
             try:
-                self.conn.request(method, path, body=data, headers=driver.HEADERS)
+                self.conn.request(method, path, body=data, headers=self.headers)
                 response = self.conn.getresponse()
                 return response.status, response.read()
             except (http.client.HTTPException, OSError):
@@ -152,6 +194,7 @@ class Service:
     api: Api | None = None
     health: dict[str, Any] = field(default_factory=dict)
     module_file: str = "?"  # service/__init__.py as this service's interpreter resolves it
+    bearer: str | None = None  # the API key its clients send, when its database holds one
 
     def environment(self, args) -> dict[str, str]:
         env = dict(os.environ)
@@ -200,7 +243,7 @@ class Service:
         finally:
             log_file.close()
         self.health = wait_for_health(self.proc, self.port)
-        self.api = Api(self.port)
+        self.api = Api(self.port, self.bearer)
 
     def stop(self) -> None:
         if self.api is not None:
