@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import falcon
 
-from . import problems
+from . import metrics, problems
 from .auth import Authenticator
 from .config import Settings
 from .cors import Cors
@@ -26,7 +26,11 @@ def create_app(settings: Settings, store: Store) -> falcon.App:
     schemas = RequestSchemas(settings)
     read_body = BodyReader(settings.max_body_bytes)
     authenticator = Authenticator(store.keys, settings.auth_cache_ttl)
-    middleware: list[object] = [RequestContext(settings.max_body_bytes), authenticator]
+    middleware: list[object] = [
+        RequestContext(settings.max_body_bytes),
+        authenticator,
+        metrics.RequestMetrics(store.health.pool_stats),
+    ]
     if settings.cors_allow_origins:
         middleware.append(Cors(settings.cors_allow_origins))
     app = falcon.App(middleware=middleware)
@@ -39,6 +43,7 @@ def create_app(settings: Settings, store: Store) -> falcon.App:
         ("/health", health.Health(store.health, schemas, keys_required=authenticator.keys_required,
                                   pool_timeout=settings.pool_timeout, retry_after=settings.retry_after)),
         ("/openapi.json", document),
+        ("/metrics", health.Metrics(schemas)),
         ("/v1/contexts", contexts.Collection(store.contexts, store.idempotency, schemas, read_body)),
         (CONTEXT, contexts.Item(store.contexts, schemas, read_body)),
         (f"{CONTEXT}/forks", contexts.Forks(store.contexts, store.idempotency, schemas, read_body)),

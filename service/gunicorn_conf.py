@@ -4,10 +4,11 @@ run the same configuration)."""
 
 import logging
 
-from service import auth, runtime
+from service import auth, metrics, runtime
 
 _settings = runtime.settings()
 _conninfo: str | None = None
+_metrics_folder: str | None = None
 
 bind = f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"
 workers = _settings.web_concurrency
@@ -38,8 +39,10 @@ control_socket_disable = True
 
 
 def on_starting(server):
-    global _conninfo
+    global _conninfo, _metrics_folder
     runtime.configure_logging(_settings.log_level)
+    # Before any worker exists, so that each writes its samples where /metrics reads.
+    _metrics_folder = metrics.prepare_multiprocess()
     try:
         _conninfo = runtime.prepare_database(_settings)
     except runtime.StartupError as exc:
@@ -60,6 +63,11 @@ def when_ready(server):
 
 def on_exit(server):
     runtime.release_database()
+    metrics.release_multiprocess(_metrics_folder)
+
+
+def child_exit(server, worker):
+    metrics.worker_exited(worker.pid)
 
 
 def worker_exit(server, worker):

@@ -100,6 +100,7 @@ class Operation:
     ok: str  # "201" etc.
     ok_schema: str | None = None  # a component of schemas/responses.py
     ok_headers: tuple[str, ...] = ()
+    ok_text: bool = False  # the success body is text/plain (no schema)
     query: str | None = None  # a class of RequestSchemas
     body: str | None = None
     body_types: tuple[str, ...] = (JSON,)
@@ -246,6 +247,8 @@ def build_spec(app: falcon.App, schemas: RequestSchemas, settings: Settings) -> 
         if keyed:
             # A key when the server has keys; none when it runs open.
             operation["security"] = [{"apiKey": []}, {}]
+        if doc.ok_text:
+            operation["responses"][doc.ok]["content"] = {"text/plain": {"schema": {"type": "string"}}}
         if doc.body is not None:
             statuses |= {"400", "413", "415"}
             bodies.add(doc.body)

@@ -24,6 +24,7 @@ from .errors import (
     PreconditionFailed,
     Unavailable,
 )
+from . import metrics
 from .logs import printable
 
 log = logging.getLogger("context_store")
@@ -118,6 +119,7 @@ def install(app: falcon.App, retry_after: int) -> None:
     def on_unavailable(req, resp, error, params):
         # Each such request is in the access log; db.py logs the outage once.
         log.debug("database unavailable: %s", error.detail)
+        metrics.count_error("unavailable")
         raise Problem(503, error.detail, headers={"Retry-After": str(retry_after)})
 
     def on_key_in_use(req, resp, error, params):
@@ -133,6 +135,7 @@ def install(app: falcon.App, retry_after: int) -> None:
         raise Problem(422, error.detail, extra={"errors": error.errors})
 
     def on_unexpected(req, resp, error, params):
+        metrics.count_error("internal")
         log.error(
             "unhandled error on %s %s (request %s)",
             printable(req.method),

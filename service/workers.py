@@ -43,6 +43,7 @@ from gunicorn.http import errors as h
 from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import ThreadWorker, TConn
 
+from . import metrics
 from .config import Settings
 from .problems import PROBLEM_JSON, Problem
 
@@ -63,6 +64,7 @@ def _count_drop() -> None:
     global _drops
     with _drops_lock:
         _drops += 1
+    metrics.slow_client_dropped()
 
 
 # gunicorn's parse errors -> (status, slug, title, detail). The detail is ours:

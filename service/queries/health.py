@@ -27,6 +27,10 @@ class Health:
         self.tokenizer = tokenizer.name
         self.migrations = discover()
 
+    def pool_stats(self) -> dict[str, int]:
+        """This worker's pool, as psycopg_pool counts it (no round trip)."""
+        return self.db.pool.get_stats()
+
     def database(self, timeout: float) -> DatabaseHealth:
         """The database's round-trip latency and schema version; Unavailable when
         no connection comes within timeout seconds."""

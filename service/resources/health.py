@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import falcon
 
-from .. import __version__
+from .. import __version__, metrics
 from ..errors import Unavailable
 from ..http import send
 from ..openapi import operation
@@ -61,3 +61,19 @@ class Health:
             send(resp, {"status": "unavailable", "detail": detail, "database": report, **about}, 503)
             return
         send(resp, {"status": "ok", "database": report, **about})
+
+
+class Metrics:
+    """GET /metrics: Prometheus text format, every worker's samples."""
+
+    def __init__(self, schemas: RequestSchemas) -> None:
+        self.schemas = schemas
+
+    @operation(
+        "getMetrics", tag="meta", summary="Prometheus metrics of every worker", ok="200", ok_text=True,
+        query="NoQuery",
+    )
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        load_query(self.schemas.no_query, req.params)
+        resp.content_type = metrics.CONTENT_TYPE
+        resp.data = metrics.render()

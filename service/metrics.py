@@ -1,0 +1,137 @@
+"""Prometheus metrics across all gunicorn workers (prometheus_client's
+multiprocess mode): requests by route and status, latency by route, the database
+pool, errors by kind, slow clients dropped.
+
+prometheus_client picks its storage when it is first imported: the master calls
+`prepare_multiprocess()` before anything imports it, so that every forked worker
+writes its samples to files in one folder, which GET /metrics reads whole. Without
+that (tests, a single process) the metrics live in this process.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import falcon
+
+VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Seconds: a token window is a few ms, a batch of 1000 messages about 100 ms.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+POOL_EVERY = 1.0  # seconds between readings of the pool's state, per worker
+
+
+def prepare_multiprocess() -> str:
+    """Master, before fork (and before prometheus_client is imported): a fresh
+    folder for the workers' samples, unless the operator named one (then emptied).
+    Returns the folder."""
+    folder = os.environ.get(VARIABLE)
+    if folder:
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+    else:
+        folder = tempfile.mkdtemp(prefix="context-store-metrics-")
+        os.environ[VARIABLE] = folder
+    return folder
+
+
+def release_multiprocess(folder: str | None) -> None:
+    """Master, on exit: remove a folder prepare_multiprocess made."""
+    if folder and Path(folder).name.startswith("context-store-metrics-"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def worker_exited(pid: int) -> None:
+    """Master, when a worker exits: its live gauges stop counting."""
+    if os.environ.get(VARIABLE):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
+
+
+class Instruments:
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.requests = Counter(
+            "context_store_requests", "HTTP requests answered", ["route", "method", "status"]
+        )
+        self.latency = Histogram(
+            "context_store_request_duration_seconds", "Time to answer a request", ["route", "method"],
+            buckets=BUCKETS,
+        )
+        self.pool = Gauge(
+            "context_store_db_pool_connections", "Database connections of the workers' pools by state",
+            ["state"], multiprocess_mode="livesum",
+        )
+        self.errors = Counter("context_store_errors", "Requests that failed on the service's side", ["kind"])
+        self.slow_clients = Counter(
+            "context_store_slow_client_drops", "Connections dropped for missing a client deadline"
+        )
+
+
+@lru_cache(maxsize=1)
+def instruments() -> Instruments:
+    return Instruments()
+
+
+def count_error(kind: str) -> None:
+    """kind: unavailable (503), internal (500)."""
+    instruments().errors.labels(kind).inc()
+
+
+def slow_client_dropped() -> None:
+    instruments().slow_clients.inc()
+
+
+def render() -> bytes:
+    """The exposition of every worker's samples (or this process's)."""
+    from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+
+    instruments()  # the families exist (at zero) before the first request
+    if os.environ.get(VARIABLE):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+class RequestMetrics:
+    """Middleware: one sample per request, and the pool's state now and then."""
+
+    def __init__(self, pool_stats: Any) -> None:
+        self.pool_stats = pool_stats  # () -> psycopg_pool's get_stats() of this worker
+        self._next_pool_reading = 0.0
+        self._lock = threading.Lock()
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
+                         req_succeeded: bool) -> None:
+        started = req.context.get("started")
+        if started is None:
+            return
+        now = time.perf_counter()
+        route = req.uri_template or "unmatched"
+        tools = instruments()
+        tools.requests.labels(route, req.method, str(resp.status_code)).inc()
+        tools.latency.labels(route, req.method).observe(now - started)
+        if now >= self._next_pool_reading and self._lock.acquire(blocking=False):
+            try:
+                self._next_pool_reading = now + POOL_EVERY
+                stats = self.pool_stats()
+                size, idle = stats.get("pool_size", 0), stats.get("pool_available", 0)
+                tools.pool.labels("in_use").set(size - idle)
+                tools.pool.labels("idle").set(idle)
+                tools.pool.labels("waiting").set(stats.get("requests_waiting", 0))
+            finally:
+                self._lock.release()
