@@ -24,7 +24,7 @@ def _serve(settings: Settings) -> int:
     # Prepared before gunicorn starts, so that a database the service cannot use
     # is reported in one line before gunicorn says anything (its on_starting hook
     # then finds the work done; plain `gunicorn -c gunicorn.conf.py` does it there).
-    runtime.configure_logging(settings.log_level)
+    runtime.configure_logging(settings.log_level, settings.log_format)
     try:
         runtime.prepare_database(settings)
     except runtime.StartupError as exc:
@@ -41,7 +41,7 @@ def _serve(settings: Settings) -> int:
 def _migrate(settings: Settings) -> int:
     from . import runtime
 
-    runtime.configure_logging(settings.log_level)
+    runtime.configure_logging(settings.log_level, settings.log_format)
     try:
         conninfo = runtime.start_database(settings)
         runtime.check_connection(settings, conninfo)
@@ -105,7 +105,7 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
             key_id = UUID(args.key_id)
         except ValueError:
             return _fail(f"invalid KEY_ID {args.key_id!r}: expected a key id as `keys list` shows it", 2)
-    runtime.configure_logging(settings.log_level)
+    runtime.configure_logging(settings.log_level, settings.log_format)
     database = None
     try:
         conninfo = runtime.start_database(settings)

@@ -129,6 +129,7 @@ _SPEC: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("max_page_size", "MAX_PAGE_SIZE", _int(1, 100_000)),
     ("max_lineage_depth", "MAX_LINEAGE_DEPTH", _int(1, 10_000)),
     ("log_level", "LOG_LEVEL", _choice("debug", "info", "warning", "error")),
+    ("log_format", "LOG_FORMAT", _choice("text", "json")),
     # API keys and tenants
     ("auth_cache_ttl", "AUTH_CACHE_TTL_SECONDS", _float(0, 5)),
     # slow clients (service/workers.py)
@@ -177,6 +178,7 @@ class Settings:
     max_page_size: int = 1000
     max_lineage_depth: int = 256
     log_level: str = "info"
+    log_format: str = "text"
     # API keys and tenants
     auth_cache_ttl: float = 2.0
     # slow clients (service/workers.py). A complete head is one packet for any

@@ -32,6 +32,20 @@ preload_app = False  # each worker builds its app, and its pool, after fork
 wsgi_app = "service.runtime:worker_app()"
 accesslog = None  # the app logs one line per request, with its request id
 loglevel = _settings.log_level
+if _settings.log_format == "json":
+    # gunicorn's own lines (boot, worker exits) as JSON too: one format per stream.
+    _json_stderr = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "service.logs.JsonFormatter"}},
+        "handlers": {"console": _json_stderr, "error_console": _json_stderr},
+        "root": {"handlers": ["console"], "level": _settings.log_level.upper()},
+        "loggers": {
+            "gunicorn.error": {"handlers": ["error_console"], "propagate": False, "qualname": "gunicorn.error"},
+            "gunicorn.access": {"handlers": ["console"], "propagate": False, "qualname": "gunicorn.access"},
+        },
+    }
 proc_name = "context-store"
 # gunicorn 24+ opens a control socket at one path per user: several `serve`s on one
 # machine would take it from each other. Nothing here uses it.
@@ -40,7 +54,7 @@ control_socket_disable = True
 
 def on_starting(server):
     global _conninfo, _metrics_folder
-    runtime.configure_logging(_settings.log_level)
+    runtime.configure_logging(_settings.log_level, _settings.log_format)
     # Before any worker exists, so that each writes its samples where /metrics reads.
     _metrics_folder = metrics.prepare_multiprocess()
     try:

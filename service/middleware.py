@@ -40,11 +40,16 @@ class RequestContext:
         resp.set_header("X-Request-Id", request_id)
         if access_log.isEnabledFor(logging.INFO):
             started = req.context.get("started") or time.perf_counter()
+            method, path = printable(req.method), printable(req.path)
+            duration = round((time.perf_counter() - started) * 1000, 1)
+            status = resp.status_code
             access_log.info(
                 "%s %s %s %.1fms request_id=%s",
-                printable(req.method),
-                printable(req.path),
-                resp.status_code,
-                (time.perf_counter() - started) * 1000,
+                method,
+                path,
+                status,
+                duration,
                 request_id,
+                extra={"request_id": request_id, "method": method, "path": path, "status": status,
+                       "duration_ms": duration},
             )

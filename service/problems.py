@@ -141,6 +141,7 @@ def install(app: falcon.App, retry_after: int) -> None:
             printable(req.method),
             printable(req.path),
             getattr(req.context, "request_id", "-"),
+            extra={"request_id": getattr(req.context, "request_id", None)},
             exc_info=error,
         )
         raise Problem(500, "The server met an unexpected condition; the request id identifies it in the logs.")

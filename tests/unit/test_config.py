@@ -114,6 +114,7 @@ def test_from_env_reads_os_environ_when_no_mapping_is_given(monkeypatch):
         ("DB_PROBE_INTERVAL_MS", "100", "probe_interval_ms", 100),
         ("TOKENIZER_LOAD_TIMEOUT", "0.5", "tokenizer_load_timeout", 0.5),
         ("IDEMPOTENCY_TTL_HOURS", "48", "idempotency_ttl_hours", 48),
+        ("LOG_FORMAT", "JSON", "log_format", "json"),
         ("CORS_ALLOW_ORIGINS", "https://a.example", "cors_allow_origins", ("https://a.example",)),
     ],
 )
@@ -322,6 +323,7 @@ def test_each_listed_variable_changes_its_setting():
         "DB_PROBE_INTERVAL_MS": "1000",
         "TOKENIZER_LOAD_TIMEOUT": "1",
         "IDEMPOTENCY_TTL_HOURS": "25",
+        "LOG_FORMAT": "json",
         "CORS_ALLOW_ORIGINS": "*",
     }
     assert sorted(samples) == sorted(name for name, _ in variables())
@@ -380,3 +382,25 @@ def test_settings_repr_leaves_the_database_url_out():
     settings = Settings.from_env({"DATABASE_URL": "postgresql://app:hunter2@db/cs"})
     assert "hunter2" not in repr(settings) and "database_url" not in repr(settings)
     assert settings.database_url == "postgresql://app:hunter2@db/cs"
+
+
+def test_json_log_lines_carry_the_request_fields_and_escape_nothing_twice():
+    import logging
+
+    import orjson
+
+    from service.logs import JsonFormatter
+
+    record = logging.LogRecord("context_store.access", logging.INFO, __file__, 1, "GET %s 200", ("/v1/x",), None)
+    record.request_id, record.method, record.path, record.status = "abc", "GET", "/v1/x\\x0a", 200
+    line = orjson.loads(JsonFormatter().format(record))
+    assert line["message"] == "GET /v1/x 200"
+    assert (line["request_id"], line["method"], line["path"], line["status"]) == ("abc", "GET", "/v1/x\\x0a", 200)
+    assert line["level"] == "info" and line["logger"] == "context_store.access" and "duration_ms" not in line
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        failed = logging.LogRecord("context_store", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    assert "ValueError: boom" in orjson.loads(JsonFormatter().format(failed))["traceback"]
