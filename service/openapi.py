@@ -57,7 +57,9 @@ Readings of the contract where API.md leaves room:
 Rules the server enforces that this document's schemas cannot express:
 - `as_of_version` and `as_of` exclude each other (422 when both are given):
   OpenAPI parameters cannot depend on each other.
-- Metadata is at most MAX_METADATA_BYTES of compact JSON and 32 levels deep, and
+- Metadata holds no U+0000 in keys or strings at any depth (the schema says so
+  for the first level: generated clients cannot read a recursive schema), is at
+  most MAX_METADATA_BYTES of compact JSON and 32 levels deep, and
   `content` at most MAX_CONTENT_BYTES of UTF-8: JSON Schema counts characters and
   cannot measure depth or serialized size. `maxLength` states the character bound
   implied by the byte limit.
@@ -290,15 +292,17 @@ def build_spec(app: falcon.App, schemas: RequestSchemas, settings: Settings) -> 
 
 
 NO_NUL = "^[^\\u0000]*$"
-# Metadata as JSON Schema can say it: an object whose keys and strings hold no
-# U+0000 and whose integers fit 64 bits (what orjson reads), at any depth.
+# Metadata as JSON Schema can say it: an object whose keys and top-level strings
+# hold no U+0000 and whose top-level integers fit 64 bits (what orjson reads).
+# Not recursive: generated clients (openapi-python-client) cannot parse a
+# recursive schema, so the rule below the first level is in the description.
 _JSON_SCHEMAS = {
     "JsonObject": {
         "type": "object",
         "propertyNames": {"pattern": NO_NUL},
         "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
-        "description": "a JSON object: no U+0000 in keys or strings; at most 32 levels deep and "
-        "MAX_METADATA_BYTES of compact JSON (not expressible here)",
+        "description": "a JSON object: no U+0000 in any key or string, at any depth; at most 32 levels deep "
+        "and MAX_METADATA_BYTES of compact JSON (not all expressible here)",
     },
     "JsonValue": {
         "anyOf": [
@@ -307,8 +311,8 @@ _JSON_SCHEMAS = {
             {"type": "number"},
             {"type": "boolean"},
             {"type": "null"},
-            {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
-            {"$ref": "#/components/schemas/JsonObject"},
+            {"type": "array", "items": {}},
+            {"type": "object"},
         ]
     },
 }
