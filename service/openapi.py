@@ -103,7 +103,7 @@ class Operation:
     ok_schema: str | None = None  # a component of schemas/responses.py
     ok_headers: tuple[str, ...] = ()
     ok_text: bool = False  # the success body is text/plain (no schema)
-    query: str | None = None  # a class of RequestSchemas
+    query: str = "NoQuery"  # a class of RequestSchemas: every operation refuses unknown parameters
     body: str | None = None
     body_types: tuple[str, ...] = (JSON,)
     body_required: bool = False
@@ -235,9 +235,12 @@ def build_spec(app: falcon.App, schemas: RequestSchemas, settings: Settings) -> 
         keyed = path.startswith("/v1/")
         if keyed:
             statuses.add("401")
-        parameters: list[dict[str, Any]] = [*path_parameters, REQUEST_ID, *doc.headers]
-        if doc.query is not None:
-            parameters.append({"in": "query", "schema": schemas.classes[doc.query]})
+        parameters: list[dict[str, Any]] = [
+            *path_parameters,
+            REQUEST_ID,
+            *doc.headers,
+            {"in": "query", "schema": schemas.classes[doc.query]},
+        ]
         operation: dict[str, Any] = {
             "operationId": doc.operation_id,
             "tags": [doc.tag],
@@ -337,10 +340,8 @@ def _json_objects(document: dict[str, Any]) -> None:
         for operation in item.values():
             for parameter in operation.get("parameters", []):
                 if parameter.get("schema", {}).pop(METADATA_MARK, None):
-                    description = parameter.pop("schema").get("description")
+                    del parameter["schema"]  # apispec keeps the description on the parameter
                     parameter["content"] = {JSON: {"schema": ref}}
-                    if description:
-                        parameter["description"] = description
 
 
 class OpenApi:

@@ -224,3 +224,30 @@ def test_load_tokenizer_falls_back_to_the_estimate_and_logs_a_warning(caplog):
     assert len(warnings) == 1
     assert "no_such_encoding" in warnings[0].getMessage()
     assert ESTIMATE in warnings[0].getMessage()
+
+
+def test_openapi_paths_carry_falcon_converters_as_schemas():
+    from service.openapi import _path
+
+    assert _path("/a/{v:int(min=1, max=9)}") == (
+        "/a/{v}", [{"in": "path", "name": "v", "required": True,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 9}}])
+    assert _path("/a/{v:int(3)}/{name}")[1][0]["schema"] == {"type": "integer"}  # num_digits: no bound
+    assert _path("/a/{v:int(3)}/{name}")[1][1]["schema"] == {"type": "string"}
+
+
+def test_metadata_rules_find_nul_in_lists_and_refuse_non_objects():
+    from service.jsonvalues import metadata_problem
+
+    assert metadata_problem({"a": ["ok", ["deep\x00"]]}, 1000) is not None
+    assert metadata_problem([], 1000) == "Not a JSON object."
+    assert metadata_problem({"a": ["ok", 1, None]}, 1000) is None
+
+
+def test_a_timestamp_parameter_that_is_not_text_is_a_validation_error():
+    from marshmallow import ValidationError
+
+    from service.schemas.requests import PointInTime
+
+    with pytest.raises(ValidationError):
+        PointInTime().load({"as_of": 5})
