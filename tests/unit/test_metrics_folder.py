@@ -1,0 +1,44 @@
+"""The metrics folder the gunicorn master prepares for its workers' samples."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import falcon
+import falcon.testing
+
+from service import metrics
+
+
+def test_the_master_makes_a_fresh_folder_and_removes_it_on_exit(monkeypatch):
+    monkeypatch.delenv(metrics.VARIABLE, raising=False)
+    folder = metrics.prepare_multiprocess()
+    assert os.environ[metrics.VARIABLE] == folder and Path(folder).is_dir()
+    metrics.release_multiprocess(folder)
+    assert not Path(folder).exists()
+
+
+def test_a_folder_the_operator_names_is_emptied_of_old_samples_and_kept(monkeypatch, tmp_path):
+    named = tmp_path / "samples"
+    named.mkdir()
+    (named / "counter_123.db").write_bytes(b"old")
+    (named / "notes.txt").write_text("mine")
+    monkeypatch.setenv(metrics.VARIABLE, str(named))
+    assert metrics.prepare_multiprocess() == str(named)
+    assert sorted(p.name for p in named.iterdir()) == ["notes.txt"]
+    metrics.release_multiprocess(str(named))
+    assert named.is_dir()
+
+
+def test_a_worker_exit_needs_no_folder_in_a_single_process(monkeypatch):
+    monkeypatch.delenv(metrics.VARIABLE, raising=False)
+    metrics.worker_exited(12345)  # nothing to mark: no error
+
+
+def test_a_request_that_never_started_is_not_counted():
+    app = falcon.App(middleware=[metrics.RequestMetrics(lambda: {})])
+    app.add_route("/x", type("R", (), {"on_get": lambda self, req, resp: None})())
+    before = metrics.render()
+    falcon.testing.TestClient(app).simulate_get("/x")
+    assert b'route="/x"' not in metrics.render() and b'route="/x"' not in before
