@@ -12,7 +12,7 @@ from service import metrics
 
 
 def test_the_master_makes_a_fresh_folder_and_removes_it_on_exit(monkeypatch):
-    monkeypatch.delenv(metrics.VARIABLE, raising=False)
+    monkeypatch.setenv(metrics.VARIABLE, "")  # restored after the test, whatever prepare sets
     folder = metrics.prepare_multiprocess()
     assert os.environ[metrics.VARIABLE] == folder and Path(folder).is_dir()
     metrics.release_multiprocess(folder)
