@@ -32,7 +32,9 @@ loopback; in-process p50 - raw p50 is our Falcon app around the store call.
 With `--compare-dir DIR` (a copy of the repository's `service/` and `sql/`, e.g. with
 one candidate change), a second service runs DIR's code on its own database (same
 data), and each operation is measured in `--rounds` paired rounds, alternating which
-service goes first; the report gives both p50 medians and the median per-round ratio.
+service goes first; the report gives both p50 medians, the median per-round ratio, and
+each service's worker CPU per request (`--compare-env NAME=VALUE` instead, or as well:
+B gets that environment).
 Everything is loopback only, bounded in time, and stopped in a `finally`.
 """
 
@@ -575,24 +577,51 @@ def summary(report: list[str]) -> str:
     return "\n".join(lines)
 
 
+def worker_cpu(svc: services.Service) -> float:
+    """User + system CPU seconds used so far by the service's workers."""
+    import psutil
+
+    assert svc.proc is not None
+    total = 0.0
+    for child in psutil.Process(svc.proc.pid).children(recursive=False):
+        try:
+            times = child.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def compare(a: services.Service, a_cid: str, b: services.Service, b_cid: str, ops: tuple[str, ...],
             args: argparse.Namespace) -> str:
-    """Paired rounds: A then B, B then A, ...; p50 medians and the median ratio B/A."""
+    """Paired rounds: A then B, B then A, ...; p50 medians and the median ratio B/A,
+    and the workers' CPU per request (user + system, psutil), which a busy machine
+    disturbs far less than latency."""
     lines = [f"A/B: A = {a.module_file}, B = {b.module_file} with {' '.join(args.compare_env) or 'the same environment'}"
              f"; {args.rounds} paired rounds of {args.seconds:g} s",
-             f"{'op':10} {'A p50':>7} {'B p50':>7} {'B/A':>6}  per-round B/A"]
+             f"{'op':10} {'A p50':>7} {'B p50':>7} {'B/A':>6} {'A cpu/req':>10} {'B cpu/req':>10} {'B-A cpu':>8}"
+             "  per-round p50 B/A | per-round cpu B-A (µs)"]
     for op in ops:
         pairs = []
+        cpus = []
         for index in range(args.rounds):
             order = [(a, a_cid), (b, b_cid)] if index % 2 == 0 else [(b, b_cid), (a, a_cid)]
             got = {}
+            cpu = {}
             for svc, cid in order:
-                got[svc.name] = p50(http_load(svc.port, op, cid, args.seconds, seed=index))
+                before = worker_cpu(svc)
+                latencies = http_load(svc.port, op, cid, args.seconds, seed=index)
+                cpu[svc.name] = (worker_cpu(svc) - before) * 1e6 / len(latencies)
+                got[svc.name] = p50(latencies)
             pairs.append((got[a.name], got[b.name]))
+            cpus.append((cpu[a.name], cpu[b.name]))
         ratios = [bp / ap for ap, bp in pairs]
+        diffs = [bc - ac for ac, bc in cpus]
         lines.append(f"{op:10} {statistics.median(p[0] for p in pairs):7.0f} "
-                     f"{statistics.median(p[1] for p in pairs):7.0f} {statistics.median(ratios):6.3f}  "
-                     + " ".join(f"{r:.3f}" for r in ratios))
+                     f"{statistics.median(p[1] for p in pairs):7.0f} {statistics.median(ratios):6.3f} "
+                     f"{statistics.median(c[0] for c in cpus):10.0f} {statistics.median(c[1] for c in cpus):10.0f} "
+                     f"{statistics.median(diffs):+8.0f}  "
+                     + " ".join(f"{r:.2f}" for r in ratios) + " | " + " ".join(f"{d:+.0f}" for d in diffs))
         log(lines[-1])
     return "\n".join(lines)
 
