@@ -280,8 +280,10 @@ def worker_pids(master_pid: int) -> list[int]:
     return [child.pid for child in psutil.Process(master_pid).children(recursive=False)]
 
 
-def profile_http(svc: services.Service, op: str, cid: str, seconds: float, stamp: str) -> tuple[str, float]:
-    """py-spy on every worker while one client runs `op`; (report text, HTTP p50 µs)."""
+def profile_http(svc: services.Service, op: str, cid: str, seconds: float, stamp: str,
+                 native: bool = False) -> tuple[str, float]:
+    """py-spy on every worker while one client runs `op`; (report text, HTTP p50 µs).
+    native: C frames too (py-spy then stops the process for each sample)."""
     http_load(svc.port, op, cid, 1.0, seed=99)  # every thread and pooled connection warm before sampling
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     assert svc.proc is not None
@@ -291,7 +293,8 @@ def profile_http(svc: services.Service, op: str, cid: str, seconds: float, stamp
         out = OUT_DIR / f"pyspy-{stamp}-{op}-{pid}.txt"
         outputs.append(out)
         spies.append(subprocess.Popen(
-            [spy, "record", "--pid", str(pid), "--rate", "1000", "--format", "raw", "--nonblocking",
+            [spy, "record", "--pid", str(pid), "--rate", "1000", "--format", "raw",
+             *(["--native"] if native else ["--nonblocking"]),
              "--duration", str(int(seconds + 2)), "--output", str(out)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         ))
@@ -468,6 +471,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10.0, help="per measurement (default 10)")
     parser.add_argument("--sampler", default="py-spy", choices=("py-spy", "cprofile"),
                         help="py-spy: HTTP under py-spy and in-process under cProfile; cprofile: no py-spy")
+    parser.add_argument("--native", action="store_true",
+                        help="py-spy --native (C frames; py-spy then stops the workers at each sample)")
     parser.add_argument("--log-level", default="info", help="the service's LOG_LEVEL (default info, as deployed)")
     parser.add_argument("--service-env", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--compare-dir", type=Path, help="paired A/B against a copy of service/ and sql/ in DIR")
@@ -537,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.sampler == "py-spy":
                     for op in ops:
                         log(f"HTTP + py-spy: {op}")
-                        report.append(profile_http(svc, op, cid, args.seconds, stamp)[0])
+                        report.append(profile_http(svc, op, cid, args.seconds, stamp, args.native)[0])
                         report.append("")
                 report.append(f"building a WSGI environ (falcon.testing, part of every in-process call): "
                               f"p50 {environ_cost(1.0):.1f} µs")
@@ -577,19 +582,20 @@ def summary(report: list[str]) -> str:
     return "\n".join(lines)
 
 
-def worker_cpu(svc: services.Service) -> float:
-    """User + system CPU seconds used so far by the service's workers."""
+def worker_cpu(svc: services.Service) -> tuple[float, float]:
+    """(user, system) CPU seconds used so far by the service's workers."""
     import psutil
 
     assert svc.proc is not None
-    total = 0.0
+    user = system = 0.0
     for child in psutil.Process(svc.proc.pid).children(recursive=False):
         try:
             times = child.cpu_times()
         except psutil.Error:
             continue
-        total += times.user + times.system
-    return total
+        user += times.user
+        system += times.system
+    return user, system
 
 
 def compare(a: services.Service, a_cid: str, b: services.Service, b_cid: str, ops: tuple[str, ...],
@@ -601,6 +607,7 @@ def compare(a: services.Service, a_cid: str, b: services.Service, b_cid: str, op
              f"; {args.rounds} paired rounds of {args.seconds:g} s",
              f"{'op':10} {'A p50':>7} {'B p50':>7} {'B/A':>6} {'A cpu/req':>10} {'B cpu/req':>10} {'B-A cpu':>8}"
              "  per-round p50 B/A | per-round cpu B-A (µs)"]
+    system_share: dict[str, list[float]] = {a.name: [], b.name: []}
     for op in ops:
         pairs = []
         cpus = []
@@ -611,7 +618,9 @@ def compare(a: services.Service, a_cid: str, b: services.Service, b_cid: str, op
             for svc, cid in order:
                 before = worker_cpu(svc)
                 latencies = http_load(svc.port, op, cid, args.seconds, seed=index)
-                cpu[svc.name] = (worker_cpu(svc) - before) * 1e6 / len(latencies)
+                after = worker_cpu(svc)
+                cpu[svc.name] = (after[0] - before[0] + after[1] - before[1]) * 1e6 / len(latencies)
+                system_share[svc.name].append((after[1] - before[1]) / max(1e-9, sum(after) - sum(before)))
                 got[svc.name] = p50(latencies)
             pairs.append((got[a.name], got[b.name]))
             cpus.append((cpu[a.name], cpu[b.name]))
@@ -623,6 +632,8 @@ def compare(a: services.Service, a_cid: str, b: services.Service, b_cid: str, op
                      f"{statistics.median(diffs):+8.0f}  "
                      + " ".join(f"{r:.2f}" for r in ratios) + " | " + " ".join(f"{d:+.0f}" for d in diffs))
         log(lines[-1])
+    lines.append(f"system (kernel) share of the workers' CPU, median: A {statistics.median(system_share[a.name]):.0%}, "
+                 f"B {statistics.median(system_share[b.name]):.0%}")
     return "\n".join(lines)
 
 
