@@ -20,6 +20,7 @@ import falcon
 import psycopg
 
 from .config import Settings, is_loopback
+from .db import failure_reason
 from .problems import Problem
 from .queries.keys import Keys, hash_key, is_well_formed, keys_exist
 
@@ -183,8 +184,8 @@ def open_access_refusal(settings: Settings, conninfo: str, listeners: Iterable[A
     forbidden = bool(exposed) and not settings.allow_open_access
     try:
         keyed = keys_exist(conninfo, settings.connect_timeout)
-    except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except psycopg.Error as exc:
+        reason = failure_reason(exc)  # redacted: no address or credentials in a log line
         if forbidden:
             return (
                 f"cannot tell whether API keys exist ({reason}) while listening on {', '.join(exposed)}; "

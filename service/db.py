@@ -398,3 +398,12 @@ def _describe(exc: BaseException) -> str:
     sqlstate = getattr(exc, "sqlstate", None)
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return redact(f"{sqlstate}: {first_line}" if sqlstate else first_line)
+
+
+def failure_reason(exc: psycopg.Error) -> str:
+    """libpq's reason, first line, without the address it already named (display
+    only: connection failures carry no SQLSTATE to decide anything by)."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else type(exc).__name__
+    first = first.rsplit(" failed: ", 1)[-1].removeprefix("FATAL:").strip()
+    return redact(" ".join(first.split()))

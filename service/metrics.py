@@ -122,9 +122,11 @@ class RequestMetrics:
             return
         now = time.perf_counter()
         route = req.uri_template or "unmatched"
+        # A client can send any method token: only known ones become labels.
+        method = req.method if req.method in falcon.COMBINED_METHODS else "OTHER"
         tools = instruments()
-        tools.requests.labels(route, req.method, str(resp.status_code)).inc()
-        tools.latency.labels(route, req.method).observe(now - started)
+        tools.requests.labels(route, method, str(resp.status_code)).inc()
+        tools.latency.labels(route, method).observe(now - started)
         if now >= self._next_pool_reading and self._lock.acquire(blocking=False):
             try:
                 self._next_pool_reading = now + POOL_EVERY

@@ -22,7 +22,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from .app import create_app
 from .config import Settings
-from .db import Database, install_log_redaction, is_connection_error, redact
+from .db import Database, failure_reason, install_log_redaction, is_connection_error, redact
 from .embedded import EmbeddedPostgres
 from .logs import JsonFormatter
 from .migrate import CannotMigrate, MigrationError, migrate, schema_state
@@ -107,15 +107,6 @@ def _target(conninfo: str) -> str:
     return f"database {parts.get('dbname') or user} on {where} as user {user}"
 
 
-def _reason(exc: psycopg.Error) -> str:
-    """libpq's reason, first line, without the address it already named (display
-    only: connection failures carry no SQLSTATE to decide anything by)."""
-    lines = str(exc).strip().splitlines()
-    first = lines[0] if lines else type(exc).__name__
-    first = first.rsplit(" failed: ", 1)[-1].removeprefix("FATAL:").strip()
-    return redact(" ".join(first.split()))
-
-
 def check_connection(settings: Settings, conninfo: str) -> None:
     """Connect once; raise StartupError saying where and why when that fails."""
     try:
@@ -135,7 +126,7 @@ def check_connection(settings: Settings, conninfo: str) -> None:
                 "gives none; add it to DATABASE_URL"
             ) from exc
         raise StartupError(
-            f"cannot connect to {_target(conninfo)} ({_reason(exc)}): check that the server is running and "
+            f"cannot connect to {_target(conninfo)} ({failure_reason(exc)}): check that the server is running and "
             "DATABASE_URL's host, port, user, password and database name"
         ) from exc
 

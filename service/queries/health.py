@@ -15,10 +15,11 @@ class DatabaseHealth:
     latency_ms: float
     schema_version: int  # the last migration applied
     schema_expected: int  # the last migration this code knows
+    pending: tuple[str, ...]  # migrations this code knows that the database has not applied
 
     @property
     def migrated(self) -> bool:
-        return self.schema_version >= self.schema_expected
+        return not self.pending
 
 
 class Health:
@@ -38,4 +39,4 @@ class Health:
         with self.db.connection(timeout=timeout) as conn:
             state = schema_state(conn, migrations=self.migrations)
         latency = round((time.perf_counter() - started) * 1000, 3)
-        return DatabaseHealth(latency, state.applied, state.latest)
+        return DatabaseHealth(latency, state.applied, state.latest, state.pending)

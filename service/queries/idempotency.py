@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import psycopg
 
 from ..db import Database
-from ..errors import IdempotencyKeyInUse, IdempotencyKeyReused
+from ..errors import DomainError, IdempotencyKeyInUse, IdempotencyKeyReused
 from ..sql import QUERIES
 
 log = logging.getLogger("context_store")
@@ -93,12 +94,18 @@ class Idempotency:
         now = time.monotonic()
         if now < self._next_cleanup or not self._cleanup_lock.acquire(blocking=False):
             return
+        # Housekeeping after the request's own work committed: its failure must not
+        # become the request's answer, and it waits for the next interval either way.
+        self._next_cleanup = now + CLEANUP_INTERVAL_SECONDS
         try:
             with self.db.connection() as conn:
                 removed = QUERIES.delete_expired_idempotency_keys.run(conn, batch=CLEANUP_BATCH)
-            full = removed >= CLEANUP_BATCH
-            self._next_cleanup = now + (0 if full else CLEANUP_INTERVAL_SECONDS)
-            if removed:
-                log.debug("removed %d expired idempotency keys", removed)
+        except (DomainError, psycopg.Error) as exc:
+            log.warning("removing expired idempotency keys failed (%s); trying again later", type(exc).__name__)
+            return
         finally:
             self._cleanup_lock.release()
+        if removed >= CLEANUP_BATCH:  # more are waiting: the next keyed request goes on
+            self._next_cleanup = now
+        if removed:
+            log.debug("removed %d expired idempotency keys", removed)

@@ -54,3 +54,10 @@ def test_health_is_503_saying_run_migrate_when_the_schema_is_behind(settings, to
 def test_health_says_keys_are_required_once_one_exists(client, store, postgresql):
     store.keys.create("acme")
     assert client.get("/health", status=200).json["auth"] == "enabled"
+
+
+def test_health_is_503_while_any_migration_is_pending_even_below_the_latest(client, postgresql):
+    postgresql.execute("DELETE FROM schema_migrations WHERE version = 4")
+    postgresql.commit()
+    body = client.get("/health", status=503).json
+    assert body["status"] == "unavailable" and "context-store migrate" in body["detail"]

@@ -39,3 +39,14 @@ def test_metrics_show_the_pool_and_the_error_families(client):
     text = client.get("/metrics").text
     for family in ("context_store_errors", "context_store_slow_client_drops", "context_store_db_pool_connections"):
         assert f"# TYPE {family}" in text
+
+
+def test_unknown_methods_do_not_become_labels(client):
+    import webtest
+
+    raw = webtest.TestApp(client.app, lint=False)  # as gunicorn, which passes any method token on
+    for method in ("AAAA", "ZZZZZZ"):
+        raw.request("/health", method=method, expect_errors=True)
+    text = client.get("/metrics").text
+    assert 'method="AAAA"' not in text and 'method="ZZZZZZ"' not in text
+    assert 'method="OTHER"' in text

@@ -171,3 +171,19 @@ def test_configured_addresses_are_described_as_host_and_port():
     assert describe(("0.0.0.0", 80)) == "0.0.0.0:80"
     assert describe(("::", 80)) == "[::]:80"
     assert describe("/run/s.sock") == "/run/s.sock"
+
+
+def test_the_open_access_check_names_no_address_when_the_database_cannot_be_asked(monkeypatch, caplog):
+    import psycopg
+
+    from service import auth
+    from service.config import Settings
+
+    def unreachable(conninfo, timeout):
+        raise psycopg.OperationalError('connection to server at "10.1.2.3", port 5432 failed: timeout expired')
+
+    monkeypatch.setattr(auth, "keys_exist", unreachable)
+    refusal = auth.open_access_refusal(Settings(), "host=10.1.2.3", [("0.0.0.0", 8000)])
+    assert refusal is not None and "10.1.2.3" not in refusal
+    assert auth.open_access_refusal(Settings(), "host=10.1.2.3", [("127.0.0.1", 8000)]) is None
+    assert "10.1.2.3" not in caplog.text
