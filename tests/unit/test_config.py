@@ -115,6 +115,8 @@ def test_from_env_reads_os_environ_when_no_mapping_is_given(monkeypatch):
         ("TOKENIZER_LOAD_TIMEOUT", "0.5", "tokenizer_load_timeout", 0.5),
         ("IDEMPOTENCY_TTL_HOURS", "48", "idempotency_ttl_hours", 48),
         ("CORS_ALLOW_ORIGINS", "https://a.example", "cors_allow_origins", ("https://a.example",)),
+        ("DB_POOLER", "pgbouncer-transaction", "db_pooler", "pgbouncer-transaction"),
+        ("DB_POOLER", " None ", "db_pooler", "none"),
     ],
 )
 def test_each_variable_is_parsed_into_its_field(variable, raw, field, expected):
@@ -323,6 +325,7 @@ def test_each_listed_variable_changes_its_setting():
         "TOKENIZER_LOAD_TIMEOUT": "1",
         "IDEMPOTENCY_TTL_HOURS": "25",
         "CORS_ALLOW_ORIGINS": "*",
+        "DB_POOLER": "pgbouncer-transaction",
     }
     assert sorted(samples) == sorted(name for name, _ in variables())
     default = Settings()
@@ -380,3 +383,23 @@ def test_settings_repr_leaves_the_database_url_out():
     settings = Settings.from_env({"DATABASE_URL": "postgresql://app:hunter2@db/cs"})
     assert "hunter2" not in repr(settings) and "database_url" not in repr(settings)
     assert settings.database_url == "postgresql://app:hunter2@db/cs"
+
+
+def test_a_transaction_pooler_turns_prepared_statements_off():
+    settings = Settings.from_env({"DB_POOLER": "pgbouncer-transaction"})
+    assert settings.prepare_threshold is None
+    assert Settings.from_env({"DB_POOLER": "pgbouncer-transaction", "DB_PREPARE_THRESHOLD": "none"}).prepare_threshold is None
+    assert Settings.from_env({}).prepare_threshold == 5
+
+
+def test_a_transaction_pooler_refuses_a_prepare_threshold_in_one_line():
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"DB_POOLER": "pgbouncer-transaction", "DB_PREPARE_THRESHOLD": "5"})
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("invalid DB_PREPARE_THRESHOLD=5: DB_POOLER=pgbouncer-transaction")
+
+
+def test_an_unknown_pooler_is_refused():
+    with pytest.raises(ConfigError, match="invalid DB_POOLER='pgbouncer-session'"):
+        Settings.from_env({"DB_POOLER": "pgbouncer-session"})
