@@ -46,9 +46,11 @@ log = logging.getLogger("context_store")
 
 
 _SHUTDOWN = {"57P01", "57P02", "57P03"}
-# Class 08 but no outage: the server got a message it cannot match, which a
-# working connection only does when something between (a transaction-mode
-# pooler lending it the prepared statements of another client) mixes sessions.
+# Class 08, but on a connection still open it is no outage: the server got a
+# message it cannot match, which a working connection only sends when something
+# between (a transaction-mode pooler lending it another client's prepared
+# statements) mixes sessions. PgBouncer also closes connections with 08P01 (its
+# query_wait_timeout, a server it cannot reach): those are outages.
 _PROTOCOL_VIOLATION = "08P01"
 
 
@@ -74,8 +76,6 @@ def is_connection_error(exc: BaseException) -> bool:
         return True
     if isinstance(exc, psycopg.OperationalError):
         sqlstate = exc.sqlstate
-        if sqlstate == _PROTOCOL_VIOLATION:
-            return False
         return sqlstate is None or sqlstate.startswith("08") or sqlstate in _SHUTDOWN
     return False
 
@@ -371,6 +371,18 @@ class Database:
             return pool, conn
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _misconfigured(self, conn: psycopg.Connection, exc: psycopg.Error) -> None:
+        """Log the protocol violation on a live connection as the configuration
+        error it is and raise DatabaseMisconfigured; close the connection, whose
+        prepared statements no longer match its server's, so it is not lent again."""
+        conn.close()
+        log.error(
+            "the database rejected a message on a working connection (SQLSTATE 08P01: %s): a transaction-mode "
+            "pooler such as PgBouncer between the service and PostgreSQL? set DB_POOLER=pgbouncer-transaction",
+            _describe_message(exc),
+        )
+        raise DatabaseMisconfigured("the database rejected a message on a working connection (SQLSTATE 08P01)") from exc
+
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection]:
         """A connection in a transaction that every `connection()` of this thread
@@ -403,17 +415,9 @@ class Database:
                 yield conn
         except pg_errors.QueryCanceled as exc:
             raise Unavailable("The database did not answer within the statement timeout.") from exc
-        except pg_errors.ProtocolViolation as exc:
-            # The connection's prepared statements no longer match its server's:
-            # drop it rather than lend it again.
-            conn.close()
-            log.error(
-                "the database connection broke protocol (SQLSTATE 08P01: %s); a transaction-mode pooler "
-                "such as PgBouncer between the service and PostgreSQL? set DB_POOLER=pgbouncer-transaction",
-                _describe_message(exc),
-            )
-            raise DatabaseMisconfigured("the database connection broke protocol (SQLSTATE 08P01)") from exc
         except (psycopg.InterfaceError, psycopg.OperationalError) as exc:
+            if exc.sqlstate == _PROTOCOL_VIOLATION and not conn.broken:
+                self._misconfigured(conn, exc)
             # Only what a retry can cure; anything else (say 54001, statement too
             # complex) is the request's, not the database's.
             if not is_connection_error(exc):

@@ -132,6 +132,8 @@ _ROLE_SETTINGS = {"statement_timeout": "10s", "plan_cache_mode": "force_generic_
 class Bouncer:
     host: str
     port: int
+    pool_size: int  # server connections per database and user
+    query_wait_timeout: float  # seconds a client may queue for one
 
     def conninfo(self, user: str, dbname: str, password: str | None) -> str:
         return _conninfo(self.host, self.port, user, dbname, password)
@@ -176,7 +178,8 @@ def pgbouncer(pg_server):
             os.chown(path, owner, -1)
         command[1:1] = ["-u", pwd.getpwuid(owner).pw_name]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    bouncer = Bouncer("127.0.0.1", port)
+    values = dict(line.split(" = ", 1) for line in ini.splitlines() if " = " in line and not line.startswith(";"))
+    bouncer = Bouncer("127.0.0.1", port, int(values["default_pool_size"]), float(values["query_wait_timeout"]))
     try:
         deadline = time.monotonic() + 10
         while True:

@@ -22,7 +22,7 @@ from psycopg import sql as pgsql
 from support import problem
 
 from service.app import create_app
-from service.db import Database, DatabaseMisconfigured, is_connection_error
+from service.db import Database, DatabaseMisconfigured
 from service.migrate import LOCK_KEY, CannotMigrate, discover, migrate
 from service.queries import Store
 from service.runtime import StartupError, check_pooler_session
@@ -209,7 +209,6 @@ def test_a_protocol_violation_is_a_misconfiguration_logged_in_one_line_not_an_ou
         with db.connection() as conn:
             _protocol_violation(conn)
     assert isinstance(caught.value.__cause__, pg_errors.ProtocolViolation)
-    assert not is_connection_error(caught.value.__cause__)
     assert conn.closed  # not lent again
     assert db.availability.up
     (record,) = [r for r in caplog.records if "08P01" in r.getMessage()]
@@ -236,3 +235,27 @@ def test_a_protocol_violation_answers_500_not_503(settings, db, tokenizer, caplo
     client = webtest.TestApp(create_app(settings, dataclasses.replace(store, contexts=Violating())))
     doc = problem(client.post_json("/v1/contexts", {}, expect_errors=True), 500)
     assert "Retry-After" not in doc
+
+
+def test_waiting_in_the_pooler_is_bounded_by_its_query_wait_timeout_and_is_a_503(
+    settings, db, store, conninfo, pgbouncer
+):
+    if pgbouncer is None:
+        pytest.skip("needs TEST_PGBOUNCER=1: only a pooler queues a connected client")
+    # Every server connection of this database's pool is held in a transaction,
+    # so the service's next statement queues in PgBouncer (tests/pgbouncer.ini:
+    # default_pool_size, query_wait_timeout).
+    holders = [psycopg.connect(conninfo, prepare_threshold=None) for _ in range(pgbouncer.pool_size)]
+    try:
+        for holder in holders:
+            holder.execute("SELECT 1")
+        client = webtest.TestApp(create_app(settings, store))
+        started = time.monotonic()
+        resp = client.post_json("/v1/contexts", {}, expect_errors=True)
+        waited = time.monotonic() - started
+    finally:
+        for holder in holders:
+            holder.close()
+    problem(resp, 503)
+    assert pgbouncer.query_wait_timeout <= waited < pgbouncer.query_wait_timeout + 3, waited
+    client.post_json("/v1/contexts", {}, status=201)  # served again once the pool frees up
