@@ -58,6 +58,8 @@ class DatabaseMisconfigured(RuntimeError):
     """The database answered, but the way the service reaches it is wrong (a
     transaction-mode pooler with DB_POOLER unset): a retry cannot cure it, so it
     is a server error (500), not an outage (503)."""
+
+
 # libpq rounds any connect_timeout below 2 s up to 2 s. A local server that is
 # down refuses at once; the bound only matters for an unreachable remote host.
 _PROBE_CONNECT_TIMEOUT = 2

@@ -134,13 +134,14 @@ def check_connection(settings: Settings, conninfo: str) -> None:
 
 
 # What configure_session sets on a direct connection, which behind a transaction
-# pooler the role (or database) must carry itself: (setting, wanted, shown).
-def _session_defaults_wanted(settings: Settings) -> list[tuple[str, Any, str]]:
+# pooler the role (or database) must carry itself: (setting, session_defaults
+# column, wanted value, the value as ALTER ROLE ... SET takes it).
+def _session_defaults_wanted(settings: Settings) -> list[tuple[str, str, Any, str]]:
     ms = settings.statement_timeout_ms
     return [
-        ("statement_timeout", ms, "0" if ms == 0 else f"'{ms}ms'"),
-        ("plan_cache_mode", "force_generic_plan", "force_generic_plan"),
-        ("timezone", "UTC", "'UTC'"),
+        ("statement_timeout", "statement_timeout_ms", ms, "0" if ms == 0 else f"'{ms}ms'"),
+        ("plan_cache_mode", "plan_cache_mode", "force_generic_plan", "force_generic_plan"),
+        ("timezone", "timezone", "UTC", "'UTC'"),
     ]
 
 
@@ -164,8 +165,9 @@ def check_pooler_session(settings: Settings, conninfo: str) -> None:
             role = QUERIES.whoami.run(conn)
     except psycopg.Error as exc:
         raise _database_error(exc, conninfo, "reading the role's settings") from exc
-    columns = {"statement_timeout": "statement_timeout_ms", "plan_cache_mode": "plan_cache_mode", "timezone": "timezone"}
-    wrong = [(name, shown) for name, wanted, shown in _session_defaults_wanted(settings) if found[columns[name]] != wanted]
+    wrong = [
+        (name, shown) for name, column, wanted, shown in _session_defaults_wanted(settings) if found[column] != wanted
+    ]
     if wrong:
         sets = "; ".join(
             f"ALTER ROLE {role['role']} IN DATABASE {role['database']} SET {name} = {shown}" for name, shown in wrong

@@ -160,7 +160,8 @@ def pgbouncer(pg_server):
     role = pgsql.Identifier(pg_server.user)
     with psycopg.connect(admin, autocommit=True) as conn:
         for name, value in _ROLE_SETTINGS.items():
-            conn.execute(pgsql.SQL("ALTER ROLE {} SET {} = {}").format(role, pgsql.Identifier(name), pgsql.Literal(value)))
+            statement = pgsql.SQL("ALTER ROLE {} SET {} = {}")
+            conn.execute(statement.format(role, pgsql.Identifier(name), pgsql.Literal(value)))
     folder = Path(tempfile.mkdtemp(prefix="context-store-pgbouncer-"))
     port = _free_port()
     server_host = str(pg_server.host)

@@ -147,6 +147,13 @@ def test_start_accepts_a_role_with_the_session_settings_through_the_pooler(setti
     check_pooler_session(dataclasses.replace(settings, db_pooler="none"), "host=/nonexistent")  # not asked
 
 
+def test_start_says_so_in_one_line_when_the_pooler_cannot_be_read(settings, tmp_path):
+    with pytest.raises(StartupError) as caught:
+        check_pooler_session(_pooled(settings, connect_timeout=2), f"host={tmp_path} port=1 user=nobody dbname=none")
+    assert "while reading the role's settings" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
 def test_start_refuses_a_pooler_without_a_database_url(settings):
     with pytest.raises(StartupError, match="needs DATABASE_URL"):
         check_pooler_session(_pooled(settings, database_url=None), "unused")

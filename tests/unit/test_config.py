@@ -388,7 +388,8 @@ def test_settings_repr_leaves_the_database_url_out():
 def test_a_transaction_pooler_turns_prepared_statements_off():
     settings = Settings.from_env({"DB_POOLER": "pgbouncer-transaction"})
     assert settings.prepare_threshold is None
-    assert Settings.from_env({"DB_POOLER": "pgbouncer-transaction", "DB_PREPARE_THRESHOLD": "none"}).prepare_threshold is None
+    explicit = Settings.from_env({"DB_POOLER": "pgbouncer-transaction", "DB_PREPARE_THRESHOLD": "none"})
+    assert explicit.prepare_threshold is None
     assert Settings.from_env({}).prepare_threshold == 5
 
 
