@@ -142,6 +142,8 @@ _SPEC: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("idempotency_ttl_hours", "IDEMPOTENCY_TTL_HOURS", _int(24, 24 * 365)),
     # Browser clients
     ("cors_allow_origins", "CORS_ALLOW_ORIGINS", _origins),
+    # Behind a connection pooler (PgBouncer)
+    ("db_pooler", "DB_POOLER", _choice("none", "pgbouncer-transaction")),
 )
 
 
@@ -200,6 +202,26 @@ class Settings:
     idempotency_ttl_hours: int = 24
     # Browser clients: origins allowed by CORS; none (off) by default.
     cors_allow_origins: tuple[str, ...] = ()
+    # Behind a connection pooler: pgbouncer-transaction keeps no state on a server
+    # connection beyond one transaction (no prepared statements, no session
+    # settings, no session locks); the role's settings must hold the session's.
+    db_pooler: str = "none"
+
+    @property
+    def behind_transaction_pooler(self) -> bool:
+        return self.db_pooler == "pgbouncer-transaction"
+
+    def _check_pooler(self, environ: Mapping[str, str]) -> Settings:
+        """These settings with the pooler's demand met: prepared statements off
+        (refused when DB_PREPARE_THRESHOLD asks for them)."""
+        if not self.behind_transaction_pooler:
+            return self
+        if environ.get("DB_PREPARE_THRESHOLD") is not None and self.prepare_threshold is not None:
+            raise ConfigError(
+                f"invalid DB_PREPARE_THRESHOLD={self.prepare_threshold}: DB_POOLER={self.db_pooler} "
+                "cannot keep prepared statements; set it to none or leave it unset"
+            )
+        return dataclasses.replace(self, prepare_threshold=None)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -217,7 +239,7 @@ class Settings:
                 raise ConfigError(f"invalid {variable}={shown!r}: {exc}") from None
         settings = cls(**values)
         settings._check()
-        return settings
+        return settings._check_pooler(environ)
 
     def _check(self) -> None:
         if self.pool_min_size > self.pool_max_size:

@@ -3,8 +3,9 @@ failures into the service's own errors.
 
 Create a Database closed, open it in the process that uses it (a gunicorn worker,
 after fork), close it on exit. Every connection gets pgvector registered, the
-statement timeout set and JSON loaded as raw orjson fragments (metadata goes back
-to clients without being parsed and re-serialized).
+statement timeout set (behind a transaction pooler, DB_POOLER, the role's own
+settings stand instead) and JSON loaded as raw orjson fragments (metadata goes
+back to clients without being parsed and re-serialized).
 
 Outages. psycopg_pool, left alone, makes every request of an outage wait the pool
 time-out, and after a restart backs off 1, 2, 4 s between checks of the dead
@@ -45,6 +46,20 @@ log = logging.getLogger("context_store")
 
 
 _SHUTDOWN = {"57P01", "57P02", "57P03"}
+# Class 08, but on a connection still open it is no outage: the server got a
+# message it cannot match, which a working connection only sends when something
+# between (a transaction-mode pooler lending it another client's prepared
+# statements) mixes sessions. PgBouncer also closes connections with 08P01 (its
+# query_wait_timeout, a server it cannot reach): those are outages.
+_PROTOCOL_VIOLATION = "08P01"
+
+
+class DatabaseMisconfigured(RuntimeError):
+    """The database answered, but the way the service reaches it is wrong (a
+    transaction-mode pooler with DB_POOLER unset): a retry cannot cure it, so it
+    is a server error (500), not an outage (503)."""
+
+
 # libpq rounds any connect_timeout below 2 s up to 2 s. A local server that is
 # down refuses at once; the bound only matters for an unreachable remote host.
 _PROBE_CONNECT_TIMEOUT = 2
@@ -175,7 +190,11 @@ class Database:
                 # Every request runs one statement: autocommit spares the BEGIN and
                 # COMMIT round trips. Requests that need more open a transaction.
                 "autocommit": True,
-                "prepare_threshold": self.settings.prepare_threshold,
+                # Behind a transaction pooler a prepared statement would be looked
+                # up on whichever server connection the next transaction is lent.
+                "prepare_threshold": (
+                    None if self.settings.behind_transaction_pooler else self.settings.prepare_threshold
+                ),
                 "connect_timeout": self.settings.connect_timeout,
                 "application_name": "context-store",
             },
@@ -187,7 +206,11 @@ class Database:
     def _configure(self, conn: psycopg.Connection) -> None:
         register_vector(conn)
         set_json_loads(_raw_json, conn)
-        QUERIES.configure_session.run(conn, statement_timeout=f"{self.settings.statement_timeout_ms}ms")
+        # Behind a transaction pooler a session setting would stay on the server
+        # connection lent for this statement and reach other clients; there the
+        # role's settings (checked at start, runtime.check_pooler_session) hold them.
+        if not self.settings.behind_transaction_pooler:
+            QUERIES.configure_session.run(conn, statement_timeout=f"{self.settings.statement_timeout_ms}ms")
         self._note_return(conn)
 
     def _note_return(self, conn: psycopg.Connection) -> None:
@@ -350,6 +373,18 @@ class Database:
             return pool, conn
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _misconfigured(self, conn: psycopg.Connection, exc: psycopg.Error) -> None:
+        """Log the protocol violation on a live connection as the configuration
+        error it is and raise DatabaseMisconfigured; close the connection, whose
+        prepared statements no longer match its server's, so it is not lent again."""
+        conn.close()
+        log.error(
+            "the database rejected a message on a working connection (SQLSTATE 08P01: %s): a transaction-mode "
+            "pooler such as PgBouncer between the service and PostgreSQL? set DB_POOLER=pgbouncer-transaction",
+            _describe_message(exc),
+        )
+        raise DatabaseMisconfigured("the database rejected a message on a working connection (SQLSTATE 08P01)") from exc
+
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection]:
         """A connection in a transaction that every `connection()` of this thread
@@ -383,6 +418,8 @@ class Database:
         except pg_errors.QueryCanceled as exc:
             raise Unavailable("The database did not answer within the statement timeout.") from exc
         except (psycopg.InterfaceError, psycopg.OperationalError) as exc:
+            if exc.sqlstate == _PROTOCOL_VIOLATION and not conn.broken:
+                self._misconfigured(conn, exc)
             # Only what a retry can cure; anything else (say 54001, statement too
             # complex) is the request's, not the database's.
             if not is_connection_error(exc):
@@ -392,6 +429,11 @@ class Database:
             raise Unavailable("The database connection failed.") from exc
         finally:
             pool.putconn(conn)
+
+
+def _describe_message(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return redact(text.splitlines()[0]) if text else type(exc).__name__
 
 
 def _describe(exc: BaseException) -> str:

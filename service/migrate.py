@@ -2,8 +2,10 @@
 
 Files `sql/migrations/NNNN_name.sql` are applied in order, each in its own
 transaction, recorded with a SHA-256 checksum in `schema_migrations`, under a
-PostgreSQL advisory lock so that concurrent runners are safe: the second waits,
-then finds nothing left to do. A recorded file whose text changed is refused.
+transaction-level PostgreSQL advisory lock so that concurrent runners are safe,
+directly or through a transaction-mode pooler: each waits its turn (at most
+LOCK_TIMEOUT_MS), then applies the first file still pending, so every file is
+applied once and in order. A recorded file whose text changed is refused.
 
 A schema already up to date is found so by reading `schema_migrations` alone: no
 lock is taken and nothing created, so a runtime role without DDL rights can run
@@ -27,7 +29,7 @@ from .sql import QUERIES
 log = logging.getLogger("context_store")
 
 _FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
-# Arbitrary constant shared by every runner: pg_advisory_lock(key).
+# Arbitrary constant shared by every runner: pg_advisory_xact_lock(key).
 LOCK_KEY = 0x636F6E74657874  # "context"
 
 
@@ -137,8 +139,10 @@ def schema_state(
 def _prepare(conn: psycopg.Connection) -> None:
     """Create schema_migrations and the vector extension, each alone, so that a
     refusal (by SQLSTATE) says which privilege or package is missing."""
+    # Each in a savepoint: the caller's transaction must still answer whoami.
     try:
-        QUERIES.create_migrations_table.run(conn)
+        with conn.transaction():
+            QUERIES.create_migrations_table.run(conn)
     except psycopg.Error as exc:
         if exc.sqlstate != _INSUFFICIENT_PRIVILEGE:
             raise
@@ -149,7 +153,8 @@ def _prepare(conn: psycopg.Connection) -> None:
             "or run `context-store migrate` as the schema's owner"
         ) from exc
     try:
-        QUERIES.create_vector_extension.run(conn)
+        with conn.transaction():
+            QUERIES.create_vector_extension.run(conn)
     except psycopg.Error as exc:
         who = QUERIES.whoami.run(conn)
         if exc.sqlstate == _INSUFFICIENT_PRIVILEGE:
@@ -167,44 +172,83 @@ def _prepare(conn: psycopg.Connection) -> None:
         raise
 
 
-def migrate(conninfo: str, folder: Path | None = None) -> list[str]:
-    """Apply every pending migration; return the names applied (empty when none).
+# How long a runner waits for another to finish its file before it gives up
+# (cleanly: nothing of its own applied, the exit code says try again).
+LOCK_TIMEOUT_MS = 60_000
+_LOCK_NOT_AVAILABLE = "55P03"
 
-    When nothing is pending this only reads schema_migrations: no lock, no DDL."""
+
+def _apply_next(
+    conn: psycopg.Connection, migrations: list[Migration], lock_timeout_ms: int, first: bool
+) -> Migration | None:
+    """In one transaction, under the runners' lock: prepare the database when
+    first, then apply the first file not recorded; None when none is left."""
+    with conn.transaction():
+        QUERIES.bound_migration_transaction.run(conn, lock_timeout=f"{lock_timeout_ms}ms")
+        try:
+            QUERIES.lock_migrations.run(conn, key=LOCK_KEY)
+        except psycopg.Error as exc:
+            if exc.sqlstate != _LOCK_NOT_AVAILABLE:
+                raise
+            raise CannotMigrate(
+                f"another `context-store migrate` held the migration lock for over {lock_timeout_ms / 1000:g} s "
+                "(a long migration, or a stuck session holding it): run `context-store migrate` again once it ends"
+            ) from exc
+        QUERIES.unbound_lock_timeout.run(conn)
+        if first:
+            _prepare(conn)
+        # Read under the lock: another runner may have applied some meanwhile.
+        recorded = _recorded(conn)
+        _check_checksums(migrations, recorded)
+        migration = next((m for m in migrations if m.version not in recorded), None)
+        if migration is None:
+            return None
+        try:
+            conn.execute(migration.text)
+            QUERIES.record_migration.run(
+                conn, version=migration.version, name=migration.name, checksum=migration.checksum
+            )
+        except psycopg.Error as exc:
+            if exc.sqlstate == _INSUFFICIENT_PRIVILEGE:
+                # The transaction is aborted: ask who we are outside it.
+                raise _PrivilegeMissing(migration, exc) from exc
+            raise
+    return migration
+
+
+class _PrivilegeMissing(Exception):
+    def __init__(self, migration: Migration, exc: psycopg.Error) -> None:
+        super().__init__(migration.name)
+        self.migration = migration
+        self.sqlstate = exc.sqlstate
+
+
+def migrate(conninfo: str, folder: Path | None = None, *, lock_timeout_ms: int = LOCK_TIMEOUT_MS) -> list[str]:
+    """Apply every pending migration; return the names this runner applied (empty
+    when none; concurrent runners share the files out, each applied once, in order).
+
+    When nothing is pending this only reads schema_migrations: no lock, no DDL.
+    Each file is applied in its own transaction under a transaction-level lock,
+    so that runners are serialized through a transaction-mode pooler too; a
+    runner that waits longer than lock_timeout_ms for it raises CannotMigrate."""
     migrations = discover(folder)
     applied_now: list[str] = []
-    # Advisory locks are per session: a direct connection, never a pooled one.
     with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as conn:
         recorded = _recorded(conn)
         _check_checksums(migrations, recorded)
         if _state(migrations, recorded).current:
             return []
-        QUERIES.lock_migrations.run(conn, key=LOCK_KEY)
-        try:
-            _prepare(conn)
-            # Read again under the lock: another runner may have applied some meanwhile.
-            recorded = _recorded(conn)
-            _check_checksums(migrations, recorded)
-            for migration in migrations:
-                if migration.version in recorded:
-                    continue
-                try:
-                    with conn.transaction():
-                        conn.execute(migration.text)
-                        QUERIES.record_migration.run(
-                            conn, version=migration.version, name=migration.name, checksum=migration.checksum
-                        )
-                except psycopg.Error as exc:
-                    if exc.sqlstate == _INSUFFICIENT_PRIVILEGE:
-                        who = QUERIES.whoami.run(conn)
-                        raise CannotMigrate(
-                            f"role {who['role']} lacks a privilege that migration {migration.name} needs "
-                            f"(SQLSTATE {exc.sqlstate}): run `context-store migrate` as the owner of database "
-                            f"{who['database']} or a superuser"
-                        ) from exc
-                    raise
-                log.info("applied migration %s", migration.name)
-                applied_now.append(migration.name)
-        finally:
-            QUERIES.unlock_migrations.run(conn, key=LOCK_KEY)
-    return applied_now
+        while True:
+            try:
+                migration = _apply_next(conn, migrations, lock_timeout_ms, first=not applied_now)
+            except _PrivilegeMissing as exc:
+                who = QUERIES.whoami.run(conn)
+                raise CannotMigrate(
+                    f"role {who['role']} lacks a privilege that migration {exc.migration.name} needs "
+                    f"(SQLSTATE {exc.sqlstate}): run `context-store migrate` as the owner of database "
+                    f"{who['database']} or a superuser"
+                ) from exc.__cause__
+            if migration is None:
+                return applied_now
+            log.info("applied migration %s", migration.name)
+            applied_now.append(migration.name)

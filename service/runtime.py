@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import falcon
 import psycopg
@@ -27,6 +28,7 @@ from .embedded import EmbeddedPostgres
 from .logs import JsonFormatter
 from .migrate import CannotMigrate, MigrationError, migrate, schema_state
 from .queries import Store
+from .sql import QUERIES
 from .tokens import Tokenizer, load_tokenizer
 
 log = logging.getLogger("context_store")
@@ -131,6 +133,52 @@ def check_connection(settings: Settings, conninfo: str) -> None:
         ) from exc
 
 
+# What configure_session sets on a direct connection, which behind a transaction
+# pooler the role (or database) must carry itself: (setting, session_defaults
+# column, wanted value, the value as ALTER ROLE ... SET takes it).
+def _session_defaults_wanted(settings: Settings) -> list[tuple[str, str, Any, str]]:
+    ms = settings.statement_timeout_ms
+    return [
+        ("statement_timeout", "statement_timeout_ms", ms, "0" if ms == 0 else f"'{ms}ms'"),
+        ("plan_cache_mode", "plan_cache_mode", "force_generic_plan", "force_generic_plan"),
+        ("timezone", "timezone", "UTC", "'UTC'"),
+    ]
+
+
+def check_pooler_session(settings: Settings, conninfo: str) -> None:
+    """Behind a transaction pooler (DB_POOLER), the settings a direct connection
+    would get from configure_session must be the role's own, since nothing may be
+    set on a lent server connection; raise StartupError with the ALTER ROLE that
+    sets the missing ones. Read through the pooler, as a request would."""
+    if not settings.behind_transaction_pooler:
+        return
+    if settings.database_url is None:
+        raise StartupError(
+            f"DB_POOLER={settings.db_pooler} needs DATABASE_URL (the pooler's address); the embedded "
+            "database is never behind a pooler: unset DB_POOLER or set DATABASE_URL"
+        )
+    try:
+        with psycopg.connect(
+            conninfo, connect_timeout=settings.connect_timeout, autocommit=True, prepare_threshold=None
+        ) as conn:
+            found = QUERIES.session_defaults.run(conn)
+            role = QUERIES.whoami.run(conn)
+    except psycopg.Error as exc:
+        raise _database_error(exc, conninfo, "reading the role's settings") from exc
+    wrong = [
+        (name, shown) for name, column, wanted, shown in _session_defaults_wanted(settings) if found[column] != wanted
+    ]
+    if wrong:
+        sets = "; ".join(
+            f"ALTER ROLE {role['role']} IN DATABASE {role['database']} SET {name} = {shown}" for name, shown in wrong
+        )
+        raise StartupError(
+            f"DB_POOLER={settings.db_pooler} needs the session settings on the role, and "
+            f"{', '.join(name for name, _ in wrong)} differ: run {sets} (as that role or a superuser), then "
+            "RECONNECT in the PgBouncer console (README, Behind PgBouncer)"
+        )
+
+
 def check_schema(conninfo: str) -> None:
     """The schema must be current when the service does not migrate it itself."""
     try:
@@ -198,6 +246,7 @@ def prepare_database(settings: Settings) -> str:
         return _conninfo
     conninfo = start_database(settings)
     check_connection(settings, conninfo)
+    check_pooler_session(settings, conninfo)
     if settings.migrate_on_start:
         applied = apply_migrations(conninfo)
         log.info("migrations: %s", ", ".join(applied) if applied else "up to date")

@@ -1,11 +1,21 @@
 """One PostgreSQL per test session (embedded, or TEST_DATABASE_URL), a template
-database migrated once, and a fresh clone of it for every test that asks."""
+database migrated once, and a fresh clone of it for every test that asks.
+
+TEST_PGBOUNCER=1 puts a PgBouncer in transaction mode (tests/pgbouncer.ini) between
+the service and that server: `conninfo` and `settings` then reach each test's
+database through it, with DB_POOLER=pgbouncer-transaction, as in production
+behind one. Fixtures that set databases up still connect directly.
+"""
 
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
+import socket
+import subprocess
 import tempfile
+import time
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -112,8 +122,100 @@ postgresql_noproc = factories.postgresql_noproc(dbname="context_store_test", dep
 postgresql = factories.postgresql("postgresql_noproc")
 
 
+PGBOUNCER_INI = Path(__file__).with_name("pgbouncer.ini")
+# What the service's role must carry behind a transaction pooler (README, Behind
+# PgBouncer), for the settings fixture's DB_STATEMENT_TIMEOUT_MS (10 s).
+_ROLE_SETTINGS = {"statement_timeout": "10s", "plan_cache_mode": "force_generic_plan", "TimeZone": "UTC"}
+
+
+@dataclass(frozen=True)
+class Bouncer:
+    host: str
+    port: int
+    pool_size: int  # server connections per database and user
+    query_wait_timeout: float  # seconds a client may queue for one
+
+    def conninfo(self, user: str, dbname: str, password: str | None) -> str:
+        return _conninfo(self.host, self.port, user, dbname, password)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(pg_server):
+    """With TEST_PGBOUNCER=1, a PgBouncer (pool_mode=transaction) on loopback in
+    front of pg_server, every database reachable through it; else None. The
+    server's role gets the session settings DB_POOLER needs (reset afterwards)."""
+    if os.environ.get("TEST_PGBOUNCER", "") in {"", "0"}:
+        yield None
+        return
+    binary = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin:/usr/local/sbin")
+    if binary is None:
+        pytest.fail("TEST_PGBOUNCER=1 but no pgbouncer executable on PATH (apt-get install pgbouncer)")
+    admin = _conninfo(pg_server.host, pg_server.port, pg_server.user, pg_server.maintenance_dbname, pg_server.password)
+    role = pgsql.Identifier(pg_server.user)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        for name, value in _ROLE_SETTINGS.items():
+            statement = pgsql.SQL("ALTER ROLE {} SET {} = {}")
+            conn.execute(statement.format(role, pgsql.Identifier(name), pgsql.Literal(value)))
+    folder = Path(tempfile.mkdtemp(prefix="context-store-pgbouncer-"))
+    port = _free_port()
+    server_host = str(pg_server.host)
+    ini = PGBOUNCER_INI.read_text(encoding="utf-8").format(
+        server_host=server_host, server_port=pg_server.port, port=port, folder=folder
+    )
+    (folder / "pgbouncer.ini").write_text(ini, encoding="utf-8")
+    (folder / "userlist.txt").write_text(f'"{pg_server.user}" ""\n', encoding="utf-8")
+    command = [binary, str(folder / "pgbouncer.ini")]
+    if os.geteuid() == 0:
+        # PgBouncer refuses to run as root: run it as the owner of the server's
+        # socket directory, who can reach the socket.
+        owner = os.stat(server_host).st_uid if server_host.startswith("/") else pwd.getpwnam("nobody").pw_uid
+        for path in (folder, *folder.iterdir()):
+            os.chown(path, owner, -1)
+        command[1:1] = ["-u", pwd.getpwuid(owner).pw_name]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    values = dict(line.split(" = ", 1) for line in ini.splitlines() if " = " in line and not line.startswith(";"))
+    bouncer = Bouncer("127.0.0.1", port, int(values["default_pool_size"]), float(values["query_wait_timeout"]))
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                dsn = bouncer.conninfo(pg_server.user, pg_server.maintenance_dbname, pg_server.password)
+                with psycopg.connect(dsn, connect_timeout=2, prepare_threshold=None):
+                    break
+            except psycopg.OperationalError:
+                log = folder / "pgbouncer.log"
+                if process.poll() is not None or time.monotonic() > deadline:
+                    tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+                    pytest.fail(f"PgBouncer did not start: {tail}")
+                time.sleep(0.1)
+        yield bouncer
+    finally:
+        process.terminate()
+        process.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
+        with psycopg.connect(admin, autocommit=True) as conn:
+            for name in _ROLE_SETTINGS:
+                conn.execute(pgsql.SQL("ALTER ROLE {} RESET {}").format(role, pgsql.Identifier(name)))
+
+
 @pytest.fixture
-def conninfo(postgresql) -> str:
+def conninfo(postgresql, pgbouncer) -> str:
+    """The test's database, through PgBouncer when TEST_PGBOUNCER=1."""
+    info = postgresql.info
+    if pgbouncer is not None:
+        return pgbouncer.conninfo(info.user, info.dbname, info.password)
+    return _conninfo(info.host, info.port, info.user, info.dbname, info.password)
+
+
+@pytest.fixture
+def direct_conninfo(postgresql) -> str:
+    """The test's database, never through PgBouncer (to hold locks, inspect)."""
     info = postgresql.info
     return _conninfo(info.host, info.port, info.user, info.dbname, info.password)
 
@@ -124,7 +226,16 @@ def tokenizer():
 
 
 @pytest.fixture
-def settings(conninfo) -> Settings:
+def settings(conninfo, pgbouncer) -> Settings:
+    if pgbouncer is not None:
+        return Settings(
+            database_url=conninfo,
+            pool_min_size=1,
+            pool_max_size=4,
+            pool_timeout=5.0,
+            db_pooler="pgbouncer-transaction",
+            prepare_threshold=None,
+        )
     return Settings(database_url=conninfo, pool_min_size=1, pool_max_size=4, pool_timeout=5.0)
 
 

@@ -1,10 +1,19 @@
--- name: lock_migrations$
--- Waits for the session-level advisory lock that serializes migration runners.
-SELECT pg_advisory_lock(%(key)s::bigint) IS NOT NULL;
+-- name: bound_migration_transaction$
+-- First in a runner's transaction: wait for the runners' lock no longer than
+-- lock_timeout (never hang), and let no statement timeout meant for requests
+-- (the role's own behind a transaction pooler) cut a migration short.
+SELECT set_config('lock_timeout', %(lock_timeout)s, true) || set_config('statement_timeout', '0', true);
 
--- name: unlock_migrations$
--- Releases the migration runners' advisory lock.
-SELECT pg_advisory_unlock(%(key)s::bigint);
+-- name: lock_migrations$
+-- Waits for the transaction-level advisory lock that serializes migration
+-- runners; released at commit or rollback, so it holds behind a transaction
+-- pooler and never outlives its runner.
+SELECT pg_advisory_xact_lock(%(key)s::bigint) IS NOT NULL;
+
+-- name: unbound_lock_timeout$
+-- Once the lock is held: the migration's own statements wait for locks as the
+-- session would (lock_timeout as the role and database set it).
+SELECT set_config('lock_timeout', reset_val, true) FROM pg_settings WHERE name = 'lock_timeout';
 
 -- name: create_migrations_table!
 -- Creates the table recording applied migrations, when missing.

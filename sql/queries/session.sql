@@ -10,3 +10,11 @@ SELECT set_config('statement_timeout', %(statement_timeout)s, false),
 -- name: ping$
 -- One round trip, for the health check.
 SELECT 1;
+
+-- name: session_defaults^
+-- What a connection starts with when nothing was set on it (from the role's and
+-- the database's ALTER ... SET): checked at start behind a transaction pooler,
+-- where configure_session cannot be used.
+SELECT (SELECT setting::bigint FROM pg_settings WHERE name = 'statement_timeout') AS statement_timeout_ms,
+       current_setting('plan_cache_mode') AS plan_cache_mode,
+       current_setting('TimeZone') AS timezone;

@@ -116,6 +116,8 @@ def test_from_env_reads_os_environ_when_no_mapping_is_given(monkeypatch):
         ("IDEMPOTENCY_TTL_HOURS", "48", "idempotency_ttl_hours", 48),
         ("LOG_FORMAT", "JSON", "log_format", "json"),
         ("CORS_ALLOW_ORIGINS", "https://a.example", "cors_allow_origins", ("https://a.example",)),
+        ("DB_POOLER", "pgbouncer-transaction", "db_pooler", "pgbouncer-transaction"),
+        ("DB_POOLER", " None ", "db_pooler", "none"),
     ],
 )
 def test_each_variable_is_parsed_into_its_field(variable, raw, field, expected):
@@ -325,6 +327,7 @@ def test_each_listed_variable_changes_its_setting():
         "IDEMPOTENCY_TTL_HOURS": "25",
         "LOG_FORMAT": "json",
         "CORS_ALLOW_ORIGINS": "*",
+        "DB_POOLER": "pgbouncer-transaction",
     }
     assert sorted(samples) == sorted(name for name, _ in variables())
     default = Settings()
@@ -404,3 +407,22 @@ def test_json_log_lines_carry_the_request_fields_and_escape_nothing_twice():
 
         failed = logging.LogRecord("context_store", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
     assert "ValueError: boom" in orjson.loads(JsonFormatter().format(failed))["traceback"]
+def test_a_transaction_pooler_turns_prepared_statements_off():
+    settings = Settings.from_env({"DB_POOLER": "pgbouncer-transaction"})
+    assert settings.prepare_threshold is None
+    explicit = Settings.from_env({"DB_POOLER": "pgbouncer-transaction", "DB_PREPARE_THRESHOLD": "none"})
+    assert explicit.prepare_threshold is None
+    assert Settings.from_env({}).prepare_threshold == 5
+
+
+def test_a_transaction_pooler_refuses_a_prepare_threshold_in_one_line():
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"DB_POOLER": "pgbouncer-transaction", "DB_PREPARE_THRESHOLD": "5"})
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("invalid DB_PREPARE_THRESHOLD=5: DB_POOLER=pgbouncer-transaction")
+
+
+def test_an_unknown_pooler_is_refused():
+    with pytest.raises(ConfigError, match="invalid DB_POOLER='pgbouncer-session'"):
+        Settings.from_env({"DB_POOLER": "pgbouncer-session"})

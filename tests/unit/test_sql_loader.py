@@ -126,7 +126,6 @@ def test_queries_loads_the_real_statement_files():
     assert names == sorted(names)
     for expected in (
         "lock_migrations",
-        "unlock_migrations",
         "create_migrations_table",
         "list_migrations",
         "record_migration",
