@@ -39,7 +39,7 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from .config import Settings
-from .errors import Unavailable
+from .errors import Misconfigured, Unavailable
 from .sql import QUERIES
 
 log = logging.getLogger("context_store")
@@ -54,7 +54,7 @@ _SHUTDOWN = {"57P01", "57P02", "57P03"}
 _PROTOCOL_VIOLATION = "08P01"
 
 
-class DatabaseMisconfigured(RuntimeError):
+class DatabaseMisconfigured(Misconfigured):
     """The database answered, but the way the service reaches it is wrong (a
     transaction-mode pooler with DB_POOLER unset): a retry cannot cure it, so it
     is a server error (500), not an outage (503)."""

@@ -32,6 +32,11 @@ class IdempotencyKeyReused(DomainError):
     """The Idempotency-Key answered a different request before."""
 
 
+class Misconfigured(DomainError):
+    """The service reaches its database in a way that cannot work; an operator
+    must fix it (logged once, where it is found). A retry cannot cure it."""
+
+
 class Unavailable(DomainError):
     """The database cannot be reached or did not answer in time."""
 

@@ -18,6 +18,7 @@ import orjson
 from .errors import (
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
+    Misconfigured,
     Invalid,
     MalformedBody,
     NotFound,
@@ -128,6 +129,12 @@ def install(app: falcon.App, retry_after: int) -> None:
     def on_key_reused(req, resp, error, params):
         raise Problem(409, error.detail, slug="idempotency-key-reused")
 
+    def on_misconfigured(req, resp, error, params):
+        # Already logged in one line where it was found; no traceback here.
+        metrics.count_error("misconfigured")
+        raise Problem(500, "The server is misconfigured; the request id identifies it in the logs.",
+                      slug="server-misconfigured")
+
     def on_malformed(req, resp, error, params):
         raise Problem(400, error.detail, slug="malformed-json")
 
@@ -151,6 +158,7 @@ def install(app: falcon.App, retry_after: int) -> None:
     app.add_error_handler(PreconditionFailed, on_precondition)
     app.add_error_handler(Unavailable, on_unavailable)
     app.add_error_handler(MalformedBody, on_malformed)
+    app.add_error_handler(Misconfigured, on_misconfigured)
     app.add_error_handler(IdempotencyKeyInUse, on_key_in_use)
     app.add_error_handler(IdempotencyKeyReused, on_key_reused)
     app.add_error_handler(Invalid, on_invalid)
