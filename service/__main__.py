@@ -162,5 +162,5 @@ def main(argv: list[str] | None = None) -> int:
     return _migrate(settings)
 
 
-if __name__ == "__main__":  # pragma: no cover
+if __name__ == "__main__":
     sys.exit(main())

@@ -46,6 +46,8 @@ def isolated(monkeypatch, tmp_path):
         monkeypatch.delenv(variable, raising=False)
     # Should anything wrongly fall back to the embedded server, keep it out of the repo.
     monkeypatch.setenv("CONTEXT_STORE_HOME", str(tmp_path / "home"))
+    # Settings read earlier in this process (importing service.gunicorn_conf does) would hide the environment's.
+    monkeypatch.setattr(runtime, "_settings", None)
     monkeypatch.setattr(runtime, "_embedded", None)
     monkeypatch.setattr(runtime, "_conninfo", None)
     monkeypatch.setattr(runtime, "_database", None)

@@ -309,3 +309,12 @@ def test_an_error_answer_to_a_client_that_left_is_given_up_quietly(worker):
     (warned,) = worker.log.at("warning")
     assert warned.startswith("invalid request from -: 400 invalid-request-line (request ")
     assert worker.log.at("debug") == ["could not send the error response"]
+
+
+def test_a_client_that_reset_before_the_lingering_close_is_closed_at_once(worker, listener):
+    client, conn = _served(worker, listener)
+    _reset(client)
+    time.sleep(0.05)
+    worker._linger(conn)  # shutdown(SHUT_WR) on a reset connection: ENOTCONN
+    assert worker.lingering == {} and worker.nr_conns == 0
+    assert conn.sock.fileno() == -1
