@@ -39,8 +39,8 @@ def _most_the_kernel_buffers() -> int:
 
 
 # An answer the server cannot hand to the kernel at once, whatever it buffers:
-# its send buffer at most, and this client's small window.
-BIG = _most_the_kernel_buffers() + 1024 * 1024
+# its send buffer at most, and this client's small window (within MAX_METADATA_BYTES's 16 MiB).
+BIG = min(_most_the_kernel_buffers() + 1024 * 1024, 16 * 1024 * 1024 - 1024)
 
 
 @pytest.fixture(scope="module")

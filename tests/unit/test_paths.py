@@ -15,7 +15,7 @@ def test_an_editable_install_finds_the_repository_sql_folder():
 
 def test_a_wheel_finds_the_sql_folder_packaged_beside_the_code(monkeypatch, tmp_path):
     (tmp_path / "site" / "service" / "sql" / "migrations").mkdir(parents=True)
-    (tmp_path / "site" / "sql" / "migrations").mkdir(parents=True)  # a stray folder where a checkout would have it loses
+    (tmp_path / "site" / "sql" / "migrations").mkdir(parents=True)  # where a checkout has it: the wheel wins
     monkeypatch.setattr(paths, "_PACKAGE", tmp_path / "site" / "service")
     assert paths.sql_dir() == tmp_path / "site" / "service" / "sql"
 
