@@ -32,10 +32,11 @@ def _serve(settings: Settings) -> int:
         return runtime.report_startup_error(exc)
     sys.argv = ["context-store", "-c", "python:service.gunicorn_conf"]
     try:
+        # Never returns: gunicorn's master ends with sys.exit (its exit status),
+        # and so does every worker it forks.
         WSGIApplication("%(prog)s [OPTIONS]").run()
     finally:
         runtime.release_database()
-    return 0
 
 
 def _migrate(settings: Settings) -> int:
@@ -161,5 +162,5 @@ def main(argv: list[str] | None = None) -> int:
     return _migrate(settings)
 
 
-if __name__ == "__main__":  # pragma: no cover
+if __name__ == "__main__":
     sys.exit(main())

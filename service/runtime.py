@@ -97,10 +97,7 @@ def report_startup_error(exc: StartupError) -> int:
 
 def _target(conninfo: str) -> str:
     """'database D on H as user U' from a conninfo or URL, never its password."""
-    try:
-        parts = conninfo_to_dict(conninfo)
-    except psycopg.Error:
-        return "the database of DATABASE_URL"
+    parts = conninfo_to_dict(conninfo)  # parsed already: check_connection refuses what libpq cannot parse
     host = parts.get("host") or parts.get("hostaddr") or "localhost"
     where = f"the local socket in {host}" if str(host).startswith("/") else str(host)
     if parts.get("port"):
@@ -114,15 +111,14 @@ def check_connection(settings: Settings, conninfo: str) -> None:
     try:
         with psycopg.connect(conninfo, connect_timeout=settings.connect_timeout, autocommit=True):
             return
+    except psycopg.ProgrammingError as exc:
+        # libpq cannot parse it (an unclosed bracket, an unknown parameter):
+        # its reason may quote the URL, hence redacted.
+        raise StartupError(f"DATABASE_URL is not a connection URL libpq accepts ({_reason(exc)}): correct it") from exc
     except psycopg.OperationalError as exc:
+        # No pgconn when psycopg itself gave up (connect_timeout).
         pgconn = exc.pgconn
-        asked = False
-        if pgconn is not None:
-            try:
-                asked = bool(pgconn.needs_password)
-            except psycopg.Error:
-                asked = False
-        if asked:
+        if pgconn is not None and pgconn.needs_password:
             raise StartupError(
                 f"cannot log in to {_target(conninfo)}: the server asks for a password and DATABASE_URL "
                 "gives none; add it to DATABASE_URL"

@@ -364,10 +364,9 @@ class DeadlineWorker(ThreadWorker):
 
     def _close_reading(self, conn: _Conn) -> None:
         self.reading.pop(conn, None)
-        try:
-            self.poller.unregister(conn.sock)
-        except (KeyError, ValueError, OSError):
-            pass
+        # A connection in self.reading is registered: _read_request registers it
+        # and every way out of self.reading unregisters it.
+        self.poller.unregister(conn.sock)
         self.nr_conns -= 1
         conn.close()
 
@@ -441,10 +440,8 @@ class DeadlineWorker(ThreadWorker):
 
     def _close_lingering(self, conn) -> None:
         del self.lingering[conn]
-        try:
-            self.poller.unregister(conn.sock)
-        except (KeyError, ValueError, OSError):
-            pass
+        # Registered: _linger adds a connection here only once it is.
+        self.poller.unregister(conn.sock)
         self.nr_conns -= 1
         conn.close()
 
@@ -461,10 +458,9 @@ class DeadlineWorker(ThreadWorker):
             def start(status, headers, exc_info=None):
                 if local.stalled:
                     # The 408 says so: the rest of the body is unknown, the
-                    # connection cannot carry another request.
-                    response = getattr(start_response, "__self__", None)
-                    if response is not None:
-                        response.force_close()
+                    # connection cannot carry another request. gunicorn's
+                    # start_response is its Response's bound method.
+                    start_response.__self__.force_close()
                 return start_response(status, headers, exc_info)
 
             return app(environ, start)

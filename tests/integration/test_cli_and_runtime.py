@@ -46,6 +46,8 @@ def isolated(monkeypatch, tmp_path):
         monkeypatch.delenv(variable, raising=False)
     # Should anything wrongly fall back to the embedded server, keep it out of the repo.
     monkeypatch.setenv("CONTEXT_STORE_HOME", str(tmp_path / "home"))
+    # Settings read earlier in this process (importing service.gunicorn_conf does) would hide the environment's.
+    monkeypatch.setattr(runtime, "_settings", None)
     monkeypatch.setattr(runtime, "_embedded", None)
     monkeypatch.setattr(runtime, "_conninfo", None)
     monkeypatch.setattr(runtime, "_database", None)
@@ -249,3 +251,103 @@ def test_a_successful_block_is_committed(db, postgresql):
     with db.connection() as conn:
         conn.execute("CREATE TABLE committed_here (id int)")
     assert postgresql.execute("SELECT to_regclass('committed_here') IS NOT NULL").fetchone() == (True,)
+
+
+# --- runtime: start-up failures, each made real -----------------------------
+
+
+def test_a_url_libpq_cannot_parse_is_one_startup_error_without_its_password():
+    url = "postgresql://ada:s3cret-horse@[::1/cs"  # the IPv6 bracket is never closed
+    with pytest.raises(runtime.StartupError) as info:
+        runtime.check_connection(Settings(database_url=url), url)
+    message = str(info.value)
+    assert message.startswith("DATABASE_URL is not a connection URL libpq accepts (")
+    assert "s3cret-horse" not in message and "ada" not in message
+    assert info.value.exit_code == 2
+
+
+def test_a_server_that_never_answers_is_named_once_the_connect_timeout_expires():
+    import socket
+
+    with socket.socket() as silent:  # accepts (the kernel's backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        port = silent.getsockname()[1]
+        conninfo = f"host=127.0.0.1 port={port} dbname=cs_silent user=ada"
+        started = time.monotonic()
+        with pytest.raises(runtime.StartupError) as info:
+            runtime.check_connection(Settings(connect_timeout=1), conninfo)
+    assert time.monotonic() - started < 5
+    # psycopg gave up itself: no libpq connection to ask whether a password was wanted.
+    assert isinstance(info.value.__cause__, psycopg.errors.ConnectionTimeout)
+    assert str(info.value).startswith(
+        f"cannot connect to database cs_silent on 127.0.0.1 port {port} as user ada (connection timeout expired)"
+    )
+
+
+def test_a_socket_folder_without_a_port_is_named_as_the_local_socket(tmp_path):
+    conninfo = f"host={tmp_path / 'no-server-here'} dbname=cs_local user=ada"
+    with pytest.raises(runtime.StartupError) as info:
+        runtime.check_connection(Settings(connect_timeout=1), conninfo)
+    assert str(info.value).startswith(
+        f"cannot connect to database cs_local on the local socket in {tmp_path / 'no-server-here'} as user ada ("
+    )
+    assert " port " not in str(info.value).split(" (", 1)[0]
+
+
+@pytest.fixture
+def role_without_grants(postgresql):
+    """A login role with nothing granted on the migrated database (the superuser
+    created it; it reaches the server the way the superuser does)."""
+    import uuid
+
+    from psycopg import sql as pgsql
+
+    name = f"cs_nogrants_{uuid.uuid4().hex[:12]}"
+    postgresql.execute(pgsql.SQL("CREATE ROLE {} LOGIN").format(pgsql.Identifier(name)))
+    postgresql.commit()
+    info = postgresql.info
+    yield database_url(info.host, info.port, name, info.password, info.dbname)
+    postgresql.execute(pgsql.SQL("DROP ROLE {}").format(pgsql.Identifier(name)))
+    postgresql.commit()
+
+
+def test_a_runtime_role_that_may_not_read_schema_migrations_is_told_the_grant(role_without_grants):
+    with pytest.raises(runtime.StartupError) as info:
+        runtime.prepare_database(Settings(database_url=role_without_grants, migrate_on_start=False))
+    assert str(info.value).startswith("permission denied reading schema_migrations in database ")
+    assert "SQLSTATE 42501" in str(info.value) and "grant the runtime role" in str(info.value)
+    assert info.value.exit_code == 2
+
+
+def test_a_schema_migrations_table_of_another_shape_is_a_database_error_exiting_1(empty_url):
+    with psycopg.connect(empty_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE schema_migrations (applied text)")  # someone else's table of that name
+    with pytest.raises(runtime.StartupError) as info:
+        runtime.check_schema(empty_url)
+    assert str(info.value).startswith("database error while reading schema_migrations in database ")
+    assert "(SQLSTATE 42703)" in str(info.value) and "LOG_LEVEL=debug" in str(info.value)
+    assert info.value.exit_code == 1
+
+
+@pytest.mark.parametrize("doing", ["reading schema_migrations", "migrating"])
+def test_a_connection_lost_after_the_check_is_told_to_try_again(tmp_path, doing):
+    # The server went between check_connection and the next step: the same failure
+    # a restart at that moment gives.
+    conninfo = f"host={tmp_path / 'gone'} port=5432 dbname=cs_gone user=ada connect_timeout=1"
+    step = runtime.check_schema if doing.startswith("reading") else runtime.apply_migrations
+    with pytest.raises(runtime.StartupError) as info:
+        step(conninfo)
+    assert str(info.value) == (
+        f"lost the connection to database cs_gone on the local socket in {tmp_path / 'gone'} port 5432 "
+        f"as user ada while {doing}: try again"
+    )
+    assert info.value.exit_code == 2
+
+
+def test_an_applied_migration_edited_since_stops_the_start_with_exit_1(migrated_url):
+    with psycopg.connect(migrated_url, autocommit=True) as conn:
+        conn.execute("UPDATE schema_migrations SET checksum = repeat('0', 64) WHERE version = 1")
+    with pytest.raises(runtime.StartupError, match="was edited after it was applied") as info:
+        runtime.prepare_database(Settings(database_url=migrated_url))
+    assert info.value.exit_code == 1

@@ -31,6 +31,8 @@ HEAD = b"POST /v1/contexts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json
         (b"\r\nContent-Length: \xb2", None),
         (b"\r\nTransfer-Encoding: chunked", None),
         (b"\r\nContent-Length: 5\r\nExpect: 100-continue", None),  # the client waits for 100 first
+        # A line without a colon is gunicorn's to refuse; the length after it still counts.
+        (b"\r\nno colon here\r\nContent-Length: 5", 5),
     ],
 )
 def test_body_length_to_buffer(extra, expected):

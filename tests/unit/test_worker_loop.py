@@ -1,0 +1,320 @@
+"""The service's gunicorn worker's event loop, driven in this process over real
+sockets: what it does when a socket is readable yet empty, when a client resets,
+when a deadline passes, when a thread's future fails or the worker is stopping,
+and when an error answer cannot be sent. The system tests (test_slow_clients.py)
+show the same worker under a real gunicorn; here each edge is made to happen on
+demand."""
+
+from __future__ import annotations
+
+import errno
+import selectors
+import socket
+import struct
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import orjson
+import pytest
+from gunicorn import http
+from gunicorn.config import Config
+from gunicorn.http import errors as h
+
+from service import workers
+from service.workers import DeadlineWorker, _Conn
+
+
+class _Log:
+    """gunicorn's logger interface, keeping (level, message) for the asserts."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def _add(self, level, msg, *args, **_kwargs):
+        self.lines.append((level, msg % args if args else msg))
+
+    def debug(self, msg, *args, **kwargs):
+        self._add("debug", msg, *args, **kwargs)
+
+    def info(self, msg, *args, **kwargs):
+        self._add("info", msg, *args, **kwargs)
+
+    def warning(self, msg, *args, **kwargs):
+        self._add("warning", msg, *args, **kwargs)
+
+    def error(self, msg, *args, **kwargs):
+        self._add("error", msg, *args, **kwargs)
+
+    def exception(self, msg, *args, **kwargs):
+        self._add("exception", msg, *args, **kwargs)
+
+    def at(self, level: str) -> list[str]:
+        return [msg for lvl, msg in self.lines if lvl == level]
+
+
+@pytest.fixture
+def worker(monkeypatch):
+    """A DeadlineWorker set up as init_process does (thread pool, poller, method
+    queue), without gunicorn's signal handlers or its run loop."""
+    monkeypatch.setenv("CLIENT_HEADER_TIMEOUT", "2")
+    monkeypatch.setenv("CLIENT_BODY_TIMEOUT", "3")
+    cfg = Config()
+    cfg.set("threads", 2)
+    w = DeadlineWorker(0, 0, [], None, 30, cfg, _Log())
+    w.tpool = ThreadPoolExecutor(2)
+    w.poller = selectors.DefaultSelector()
+    w.method_queue.init()
+    yield w
+    for conn in [*w.reading, *w.lingering, *w.keepalived_conns]:
+        conn.close()
+    w.tpool.shutdown(wait=True)
+    w.poller.close()
+    w.method_queue.close()
+    w.tmp.close()
+
+
+@pytest.fixture
+def listener():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    sock.setblocking(False)
+    yield sock
+    sock.close()
+
+
+def _client(listener) -> socket.socket:
+    client = socket.create_connection(listener.getsockname(), timeout=5)
+    time.sleep(0.01)  # the listener has it queued
+    return client
+
+
+def _reset(client: socket.socket) -> None:
+    """Close with RST instead of FIN (SO_LINGER 0): the server's next recv fails with ECONNRESET."""
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+
+
+def _accepted(worker, listener) -> tuple[socket.socket, _Conn]:
+    """A client, and the worker's connection for it, reading its request in the loop."""
+    client = _client(listener)
+    before = set(worker.reading)
+    worker.accept(listener)
+    (conn,) = set(worker.reading) - before
+    return client, conn
+
+
+def _served(worker, listener) -> tuple[socket.socket, _Conn]:
+    """A client, and the worker's connection for it, as a thread holds it (out of the loop)."""
+    client = _client(listener)
+    sock, addr = listener.accept()
+    conn = _Conn(worker.cfg, sock, addr, listener.getsockname())
+    conn.parser = http.get_parser(worker.cfg, conn.sock, conn.client)
+    worker.nr_conns += 1
+    return client, conn
+
+
+def _closed_by_server(client: socket.socket) -> bool:
+    client.settimeout(2)
+    try:
+        return client.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def _registered(worker, sock) -> bool:
+    try:
+        worker.poller.get_key(sock)
+    except (KeyError, ValueError):
+        return False
+    return True
+
+
+def test_accept_ignores_an_empty_backlog_and_raises_any_other_error(worker, listener):
+    assert worker.accept(listener) is None  # nothing queued: EAGAIN, for real
+    assert (worker.nr_conns, worker.reading) == (0, {})
+
+    class FullTable:
+        # Out of file descriptors cannot be had on demand without starving this process.
+        def accept(self):
+            raise OSError(errno.EMFILE, "Too many open files")
+
+    with pytest.raises(OSError) as info:
+        worker.accept(FullTable())
+    assert info.value.errno == errno.EMFILE
+    assert worker.nr_conns == 0
+
+
+def test_a_readable_event_with_nothing_to_read_keeps_the_connection(worker, listener):
+    client, conn = _accepted(worker, listener)
+    with client:
+        worker._on_readable(conn, conn.sock)  # a spurious wake-up: recv raises BlockingIOError
+        assert conn in worker.reading and _registered(worker, conn.sock)
+        assert worker.nr_conns == 1
+
+        client.sendall(b"GET /health HTTP/1.1\r\n")
+        time.sleep(0.05)
+        worker._on_readable(conn, conn.sock)
+        assert bytes(worker.reading[conn].buf) == b"GET /health HTTP/1.1\r\n"
+
+
+def test_a_client_resetting_while_its_head_is_read_is_closed_without_a_drop(worker, listener):
+    client, conn = _accepted(worker, listener)
+    drops = workers.slow_client_drops()
+    _reset(client)
+    time.sleep(0.05)
+    worker._on_readable(conn, conn.sock)  # recv raises ECONNRESET
+    assert worker.reading == {} and worker.nr_conns == 0
+    assert conn.sock.fileno() == -1
+    assert workers.slow_client_drops() == drops  # it went away: not a slow client
+    assert worker.log.at("warning") == []
+
+
+def test_a_head_past_its_deadline_is_dropped_counted_and_logged_once(worker, listener):
+    client, conn = _accepted(worker, listener)
+    with client:
+        client.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        time.sleep(0.05)
+        worker._on_readable(conn, conn.sock)
+        drops = workers.slow_client_drops()
+
+        worker.murder_pending()  # within its deadline: kept
+        assert conn in worker.reading
+
+        worker.reading[conn].deadline = time.monotonic() - 0.01
+        worker.murder_pending()
+        assert worker.reading == {} and worker.nr_conns == 0
+        assert workers.slow_client_drops() == drops + 1
+        port = client.getsockname()[1]
+        assert worker.log.at("warning") == [
+            f"slow client 127.0.0.1:{port} dropped: no complete request head within 2s (31 bytes)"
+        ]
+        assert _closed_by_server(client)
+
+
+def test_a_stopping_worker_closes_idle_connections_and_waits_for_started_requests(worker, listener):
+    idle, idle_conn = _accepted(worker, listener)
+    sending, sending_conn = _accepted(worker, listener)
+    with idle, sending:
+        sending.sendall(b"GET /health HTTP/1.1\r\n")
+        time.sleep(0.05)
+        worker._on_readable(sending_conn, sending_conn.sock)
+        drops = workers.slow_client_drops()
+
+        worker.alive = False
+        worker.murder_pending()
+        # The idle one carries no request: closed at once, not counted as a slow client.
+        assert list(worker.reading) == [sending_conn]
+        assert worker.nr_conns == 1
+        assert workers.slow_client_drops() == drops
+        assert _closed_by_server(idle)
+        # The one that started a request keeps its deadline to finish it.
+        assert _registered(worker, sending_conn.sock)
+
+
+def test_a_lingering_close_ends_at_its_deadline_on_eof_on_a_reset_and_on_a_spurious_wake_up(worker, listener):
+    quiet, quiet_conn = _served(worker, listener)
+    leaving, leaving_conn = _served(worker, listener)
+    resetting, resetting_conn = _served(worker, listener)
+    with quiet, leaving:
+        for conn in (quiet_conn, leaving_conn, resetting_conn):
+            worker._linger(conn)
+        assert set(worker.lingering) == {quiet_conn, leaving_conn, resetting_conn}
+        assert quiet.recv(1) == b""  # half-closed: the client sees the end of the answer
+
+        worker._on_lingering_readable(quiet_conn, quiet_conn.sock)  # nothing sent: BlockingIOError
+        assert quiet_conn in worker.lingering
+
+        leaving.sendall(b"rest of a body")
+        leaving.shutdown(socket.SHUT_WR)
+        _reset(resetting)
+        time.sleep(0.05)
+        worker._on_lingering_readable(leaving_conn, leaving_conn.sock)
+        assert worker.lingering[leaving_conn][1] == len(b"rest of a body")  # read, still open
+        worker._on_lingering_readable(leaving_conn, leaving_conn.sock)  # then its FIN
+        worker._on_lingering_readable(resetting_conn, resetting_conn.sock)  # ECONNRESET
+        assert list(worker.lingering) == [quiet_conn]
+        assert leaving_conn.sock.fileno() == resetting_conn.sock.fileno() == -1
+
+        worker.murder_pending()  # within the 2 s linger: kept
+        assert quiet_conn in worker.lingering
+        worker.lingering[quiet_conn][0] = time.monotonic() - 0.01
+        worker.murder_pending()
+        assert worker.lingering == {} and worker.nr_conns == 0
+        assert quiet_conn.sock.fileno() == -1
+
+
+def test_a_request_whose_thread_failed_or_was_cancelled_is_closed(worker, listener):
+    failed, failed_conn = _served(worker, listener)
+    cancelled, cancelled_conn = _served(worker, listener)
+    with failed, cancelled:
+        crashed: Future = Future()
+        crashed.set_exception(RuntimeError("a bug in a thread"))
+        worker.finish_request(failed_conn, crashed)
+        never_ran: Future = Future()
+        assert never_ran.cancel()
+        worker.finish_request(cancelled_conn, never_ran)
+        # Neither is kept alive nor read again: both close (lingering first).
+        assert set(worker.lingering) == {failed_conn, cancelled_conn}
+        assert worker.keepalived_conns == type(worker.keepalived_conns)()
+        assert worker.reading == {}
+        assert failed.recv(1) == b"" and cancelled.recv(1) == b""
+
+
+def test_a_stopping_worker_hands_a_kept_alive_connection_to_gunicorns_short_linger(worker, listener):
+    client, conn = _served(worker, listener)
+    with client:
+        worker.alive = False
+        answered: Future = Future()
+        answered.set_result(True)
+        before = time.monotonic()
+        worker.finish_request(conn, answered)
+        assert list(worker.keepalived_conns) == [conn]
+        assert worker.reading == {}
+        assert conn.timeout <= before + 2.0 + 0.5  # capped for a stopping worker, not keepalive's 5 s
+        assert _registered(worker, conn.sock)
+
+
+def _parse(raw: bytes):
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(raw)
+        return next(http.get_parser(Config(), ours, ("127.0.0.1", 1)))
+
+
+def test_an_error_after_the_request_was_parsed_names_its_path(worker):
+    req = _parse(b"GET /v1/contexts/abc HTTP/1.1\r\nHost: x\r\n\r\n")
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        worker.handle_error(req, ours, "", RuntimeError("a bug"))
+        ours.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := theirs.recv(65536):
+            answer += chunk
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 500 ")
+    document = orjson.loads(body)
+    assert document["instance"] == "/v1/contexts/abc"
+    assert "a bug" not in body.decode()
+    (logged,) = worker.log.at("error")
+    assert logged.startswith("error before the app answered (request ")
+
+
+def test_an_error_answer_to_a_client_that_left_is_given_up_quietly(worker):
+    ours, theirs = socket.socketpair()
+    theirs.close()
+    with ours:
+        worker.handle_error(None, ours, "", h.InvalidRequestLine("GARBAGE"))  # sendall: EPIPE
+    # A unix-socket peer has no address: "-".
+    (warned,) = worker.log.at("warning")
+    assert warned.startswith("invalid request from -: 400 invalid-request-line (request ")
+    assert worker.log.at("debug") == ["could not send the error response"]
+
+
+def test_a_client_that_reset_before_the_lingering_close_is_closed_at_once(worker, listener):
+    client, conn = _served(worker, listener)
+    _reset(client)
+    time.sleep(0.05)
+    worker._linger(conn)  # shutdown(SHUT_WR) on a reset connection: ENOTCONN
+    assert worker.lingering == {} and worker.nr_conns == 0
+    assert conn.sock.fileno() == -1
