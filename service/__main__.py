@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -31,12 +32,14 @@ def _serve(settings: Settings) -> int:
         runtime.release_database()
         return runtime.report_startup_error(exc)
     sys.argv = ["context-store", "-c", "python:service.gunicorn_conf"]
+    master = os.getpid()
     try:
         # Never returns: gunicorn's master ends with sys.exit (its exit status),
-        # and so does every worker it forks.
+        # and so does every worker it forks, through this same frame.
         WSGIApplication("%(prog)s [OPTIONS]").run()
     finally:
-        runtime.release_database()
+        if os.getpid() == master:  # a worker leaving holds no claim on the database
+            runtime.release_database()
 
 
 def _migrate(settings: Settings) -> int:
