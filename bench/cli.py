@@ -42,6 +42,9 @@ from pathlib import Path
 
 from bench import cells, facts, load, report, services
 from bench.common import OUT_DIR, REPO, RESULTS_MD, log
+
+# bench/RESULTS.md from this line on holds other suites' figures; --write-results keeps it.
+OTHER_SUITES = "<!-- other suites -->"
 from bench.driver import KEY_PREFIX, Clients
 
 REF_DATABASE = "context_store_bench_ref"
@@ -305,9 +308,15 @@ def main(argv: list[str] | None = None) -> int:
         out_path.write_text(markdown, encoding="utf-8")
         print(f"\nwrote {out_path.relative_to(REPO)}")
         if args.write_results:
+            # Sections other suites wrote (from the marker on) are kept as they are.
+            kept = ""
+            if RESULTS_MD.exists():
+                previous = RESULTS_MD.read_text(encoding="utf-8")
+                if OTHER_SUITES in previous:
+                    kept = "\n" + previous[previous.index(OTHER_SUITES):]
             RESULTS_MD.write_text(
-                "<!-- Written by `python -m bench.run --write-results`; the latest run replaces it. -->\n"
-                + markdown, encoding="utf-8")
+                "<!-- Written by `python -m bench.run --write-results`; the latest run replaces it"
+                " up to the marker below. -->\n" + markdown + kept, encoding="utf-8")
             print(f"wrote {RESULTS_MD.relative_to(REPO)}")
         return 0
     except KeyboardInterrupt:
