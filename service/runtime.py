@@ -114,7 +114,7 @@ def check_connection(settings: Settings, conninfo: str) -> None:
     except psycopg.ProgrammingError as exc:
         # libpq cannot parse it (an unclosed bracket, an unknown parameter):
         # its reason may quote the URL, hence redacted.
-        raise StartupError(f"DATABASE_URL is not a connection URL libpq accepts ({_reason(exc)}): correct it") from exc
+        raise StartupError(f"DATABASE_URL is not a connection URL libpq accepts ({failure_reason(exc)}): correct it") from exc
     except psycopg.OperationalError as exc:
         # No pgconn when psycopg itself gave up (connect_timeout).
         pgconn = exc.pgconn

@@ -251,3 +251,24 @@ def test_a_timestamp_parameter_that_is_not_text_is_a_validation_error():
 
     with pytest.raises(ValidationError):
         PointInTime().load({"as_of": 5})
+
+
+def test_metadata_rules_walk_only_documents_that_may_hold_nul_and_measure_compact_size():
+    from service.jsonvalues import NUL_MESSAGE, metadata_problem
+
+    # The text \u0000 (a backslash, not the character) is walked and found harmless.
+    assert metadata_problem({"a": "\\u0000", "n": [1, 2.5, True, None, {"k": "v"}]}, 1000) is None
+    assert metadata_problem({"n": [1, {"k": "v\x00"}]}, 1000) == NUL_MESSAGE
+    assert metadata_problem({"a": "x" * 20}, 20) == "Larger than 20 bytes of JSON."
+    assert metadata_problem({"a": "x" * 20}, 28) is None  # {"a":"xxxxxxxxxxxxxxxxxxxx"} is 28 bytes
+
+
+def test_metadata_deeper_than_the_limit_is_refused_before_it_is_serialized():
+    from service.jsonvalues import metadata_problem
+    from service.limits import MAX_JSON_DEPTH
+
+    deep: dict = {}
+    for _ in range(MAX_JSON_DEPTH):
+        deep = {"d": deep}
+    assert metadata_problem(deep, 10**6) == f"Nested deeper than {MAX_JSON_DEPTH} levels."
+    assert metadata_problem(deep["d"], 10**6) is None
