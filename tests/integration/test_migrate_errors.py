@@ -88,7 +88,8 @@ def test_a_migration_refused_for_a_missing_privilege_names_the_role_and_the_file
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT count(*) FROM schema_migrations WHERE version = 99").fetchone() == (0,)
             column = conn.execute(
-                "SELECT count(*) FROM information_schema.columns WHERE table_name = 'contexts' AND column_name = 'extra'"
+                "SELECT count(*) FROM information_schema.columns"
+                " WHERE table_name = 'contexts' AND column_name = 'extra'"
             ).fetchone()
             assert column == (0,)
     finally:
