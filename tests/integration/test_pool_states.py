@@ -32,10 +32,10 @@ def _terminate_pool_connections(conninfo: str) -> int:
         ).fetchone()[0]
 
 
-def _database(settings, conninfo: str | None = None, **changes) -> Database:
+def _database(settings, conninfo: str | None = None, *, wait: bool = True, **changes) -> Database:
     small = dataclasses.replace(settings, pool_min_size=1, pool_max_size=1, **changes)
     database = Database(small, conninfo or settings.database_url)
-    database.pool.open(wait=conninfo is None)
+    database.pool.open(wait=wait)
     return database
 
 
@@ -65,7 +65,7 @@ def test_a_record_whose_message_cannot_be_formatted_is_passed_on_untouched():
 
 def test_a_connect_failure_that_is_no_outage_leaves_the_database_up(settings, caplog):
     # An unknown connection option: psycopg refuses before any network traffic.
-    database = _database(settings, conninfo=settings.database_url + " no_such_option=1", pool_timeout=0.2)
+    database = _database(settings, conninfo=settings.database_url + " no_such_option=1", wait=False, pool_timeout=0.2)
     try:
         with caplog.at_level(logging.WARNING, logger="psycopg.pool"):
             deadline = time.monotonic() + 5
@@ -83,11 +83,12 @@ def test_a_connect_failure_that_is_no_outage_leaves_the_database_up(settings, ca
 # --- the pool check ----------------------------------------------------------------
 
 
-def test_with_the_check_off_even_a_long_idle_connection_is_lent_unchecked(settings):
-    database = _database(settings, pool_check=False, pool_check_idle=0.0)
+def test_with_the_check_off_even_a_long_idle_connection_is_lent_unchecked(settings, direct_conninfo):
+    # Directly: a pooler in between would hide the server's ending of the session.
+    database = _database(settings, conninfo=direct_conninfo, pool_check=False, pool_check_idle=0.0)
     try:
         _ping(database)
-        assert _terminate_pool_connections(settings.database_url) == 1
+        assert _terminate_pool_connections(direct_conninfo) == 1
         with pytest.raises(Unavailable, match="connection failed"):  # no check: the request meets it
             _ping(database)
     finally:
@@ -99,7 +100,7 @@ def test_a_dead_idle_connection_while_the_server_refuses_new_ones_fails_fast_and
 ):
     dbname = conninfo_to_dict(direct_conninfo)["dbname"]
     maintenance = make_conninfo(direct_conninfo, dbname="postgres")
-    database = _database(settings, pool_check_idle=0.0, probe_interval_ms=60_000)
+    database = _database(settings, conninfo=direct_conninfo, pool_check_idle=0.0, probe_interval_ms=60_000)
     try:
         _ping(database)
         with psycopg.connect(maintenance, autocommit=True) as admin:
@@ -131,17 +132,17 @@ _IDLE_SESSION_TIMEOUT_ESCAPES = pytest.mark.xfail(
 )
 
 
-def _idle_session_ended(settings, **changes) -> Database:
-    impatient = make_conninfo(settings.database_url, options="-c idle_session_timeout=100")
+def _idle_session_ended(settings, direct_conninfo, **changes) -> Database:
+    # Directly: a pooler in between would absorb the server's ending of the session.
+    impatient = make_conninfo(direct_conninfo, options="-c idle_session_timeout=100")
     database = _database(settings, conninfo=impatient, **changes)
-    database.pool.wait()
     time.sleep(0.3)  # the server ends the idle session
     return database
 
 
 @_IDLE_SESSION_TIMEOUT_ESCAPES
-def test_a_connection_ended_by_the_idle_session_timeout_is_replaced_before_a_request_sees_it(settings):
-    database = _idle_session_ended(settings, pool_check_idle=0.0)
+def test_a_connection_ended_by_the_idle_session_timeout_is_replaced_before_a_request_sees_it(settings, direct_conninfo):
+    database = _idle_session_ended(settings, direct_conninfo, pool_check_idle=0.0)
     try:
         _ping(database)
     finally:
@@ -149,8 +150,8 @@ def test_a_connection_ended_by_the_idle_session_timeout_is_replaced_before_a_req
 
 
 @_IDLE_SESSION_TIMEOUT_ESCAPES
-def test_a_request_meeting_a_connection_ended_by_the_idle_session_timeout_is_unavailable(settings):
-    database = _idle_session_ended(settings, pool_check=False)
+def test_a_request_meeting_a_connection_ended_by_the_idle_session_timeout_is_unavailable(settings, direct_conninfo):
+    database = _idle_session_ended(settings, direct_conninfo, pool_check=False)
     try:
         with pytest.raises(Unavailable, match="connection failed"):
             _ping(database)
@@ -176,7 +177,7 @@ def test_a_pool_time_out_after_the_database_went_down_says_only_unavailable(sett
     database = _database(settings)
     try:
         with database.connection(), ThreadPoolExecutor(max_workers=1) as executor:
-            waiting = executor.submit(_ping, database, 1.0)
+            waiting = executor.submit(_ping, database, 0.5)
             deadline = time.monotonic() + 5
             while database.pool.get_stats().get("requests_waiting", 0) < 1:
                 assert time.monotonic() < deadline and not waiting.done(), "the request did not wait"
@@ -241,7 +242,8 @@ def test_a_request_after_close_is_told_the_service_is_shutting_down(settings):
 
 
 def test_a_pool_replaced_while_close_ran_is_closed_and_not_installed(settings, direct_conninfo):
-    database = _database(settings)
+    # Directly: a pooler keeps server connections of its own open.
+    database = _database(settings, conninfo=direct_conninfo)
     pool = database.pool
     database.close()
     with pytest.raises(Unavailable, match="shutting down"):
