@@ -1,5 +1,6 @@
 """The pool's check of idle connections, against connections the server really
-terminated (as a database restart does)."""
+terminated (as a database restart does). Those tests connect directly: a pooler
+in between would hide the server's ending of a session."""
 
 from __future__ import annotations
 
@@ -22,31 +23,31 @@ def _terminate_pool_connections(conninfo: str) -> int:
         ).fetchone()[0]
 
 
-def _database(settings, **changes) -> Database:
+def _database(settings, conninfo: str, **changes) -> Database:
     small = dataclasses.replace(settings, pool_min_size=1, pool_max_size=1, **changes)
-    database = Database(small, settings.database_url)
+    database = Database(small, conninfo)
     database.pool.open(wait=True)
     return database
 
 
-def test_an_idle_connection_is_checked_and_replaced_before_a_request_sees_it(settings):
-    database = _database(settings, pool_check_idle=0.0)
+def test_an_idle_connection_is_checked_and_replaced_before_a_request_sees_it(settings, direct_conninfo):
+    database = _database(settings, direct_conninfo, pool_check_idle=0.0)
     try:
         with database.connection() as conn:
             QUERIES.ping.run(conn)
-        assert _terminate_pool_connections(settings.database_url) == 1
+        assert _terminate_pool_connections(direct_conninfo) == 1
         with database.connection() as conn:  # the check finds it dead; the pool lends a new one
             QUERIES.ping.run(conn)
     finally:
         database.close()
 
 
-def test_a_connection_returned_a_moment_ago_is_lent_without_a_check(settings):
-    database = _database(settings, pool_check_idle=3600.0)
+def test_a_connection_returned_a_moment_ago_is_lent_without_a_check(settings, direct_conninfo):
+    database = _database(settings, direct_conninfo, pool_check_idle=3600.0)
     try:
         with database.connection() as conn:
             QUERIES.ping.run(conn)
-        assert _terminate_pool_connections(settings.database_url) == 1
+        assert _terminate_pool_connections(direct_conninfo) == 1
         with pytest.raises(Unavailable):  # no check: the request meets the broken connection
             with database.connection() as conn:
                 QUERIES.ping.run(conn)
@@ -91,13 +92,13 @@ def test_connection_failures_are_logged_without_the_address_or_credentials(setti
         assert "hunter2" not in message
 
 
-def test_availability_is_up_until_a_connection_fails_and_up_again_after_the_probe(settings):
-    database = _database(settings, pool_check_idle=3600.0, probe_interval_ms=10)
+def test_availability_is_up_until_a_connection_fails_and_up_again_after_the_probe(settings, direct_conninfo):
+    database = _database(settings, direct_conninfo, pool_check_idle=3600.0, probe_interval_ms=10)
     try:
         with database.connection() as conn:
             QUERIES.ping.run(conn)
         assert database.availability.up and database.availability.down_for is None
-        assert _terminate_pool_connections(settings.database_url) == 1
+        assert _terminate_pool_connections(direct_conninfo) == 1
         with pytest.raises(Unavailable):  # this request's connection broke mid-way
             with database.connection() as conn:
                 QUERIES.ping.run(conn)
