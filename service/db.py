@@ -45,7 +45,9 @@ from .sql import QUERIES
 log = logging.getLogger("context_store")
 
 
-_SHUTDOWN = {"57P01", "57P02", "57P03"}
+# The server ended the session: shutting down (57P01-57P03) or the session sat idle
+# past idle_session_timeout (57P05). A new connection cures either.
+_SHUTDOWN = {"57P01", "57P02", "57P03", "57P05"}
 # Class 08, but on a connection still open it is no outage: the server got a
 # message it cannot match, which a working connection only sends when something
 # between (a transaction-mode pooler lending it another client's prepared
@@ -363,10 +365,8 @@ class Database:
                 return pool, conn
             try:
                 ConnectionPool.check_connection(conn)
-            except Exception as exc:
+            except Exception as exc:  # a check is an empty query: what fails is the connection
                 pool.putconn(conn)
-                if not is_connection_error(exc):
-                    raise
                 if attempt == 1 or not self._recover(pool):
                     raise Unavailable("The database connection failed.") from exc
                 continue

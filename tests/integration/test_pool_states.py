@@ -121,15 +121,9 @@ def test_a_dead_idle_connection_while_the_server_refuses_new_ones_fails_fast_and
         database.close()
 
 
-# A role or database with idle_session_timeout set: the server ends an idle
-# pooled session with FATAL 57P05, which is_connection_error does not count, so
-# the failure escapes as the raw psycopg error (a 500) instead of a retry on a
-# fresh pool (checked) or Unavailable (unchecked). Strict: fixing it fails these.
-_IDLE_SESSION_TIMEOUT_ESCAPES = pytest.mark.xfail(
-    strict=True,
-    raises=psycopg.errors.IdleSessionTimeout,
-    reason="is_connection_error does not count 57P05 (idle_session_timeout)",
-)
+# A role or database with idle_session_timeout set: the server ends an idle pooled
+# session with FATAL 57P05, a connection failure like a shutdown: the checked path
+# replaces the pool and retries, the unchecked one answers Unavailable.
 
 
 def _idle_session_ended(settings, direct_conninfo, **changes) -> Database:
@@ -140,7 +134,6 @@ def _idle_session_ended(settings, direct_conninfo, **changes) -> Database:
     return database
 
 
-@_IDLE_SESSION_TIMEOUT_ESCAPES
 def test_a_connection_ended_by_the_idle_session_timeout_is_replaced_before_a_request_sees_it(settings, direct_conninfo):
     database = _idle_session_ended(settings, direct_conninfo, pool_check_idle=0.0)
     try:
@@ -149,7 +142,6 @@ def test_a_connection_ended_by_the_idle_session_timeout_is_replaced_before_a_req
         database.close()
 
 
-@_IDLE_SESSION_TIMEOUT_ESCAPES
 def test_a_request_meeting_a_connection_ended_by_the_idle_session_timeout_is_unavailable(settings, direct_conninfo):
     database = _idle_session_ended(settings, direct_conninfo, pool_check=False)
     try:
