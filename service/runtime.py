@@ -23,7 +23,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from .app import create_app
 from .config import Settings
-from .db import Database, failure_reason, install_log_redaction, is_connection_error, redact
+from .db import Database, failure_reason, install_log_redaction, is_connection_error
 from .embedded import EmbeddedPostgres
 from .logs import JsonFormatter
 from .migrate import CannotMigrate, MigrationError, migrate, schema_state

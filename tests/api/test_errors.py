@@ -8,7 +8,6 @@ import io
 import json
 import re
 import uuid
-from urllib.parse import urlsplit
 
 import pytest
 import webtest
