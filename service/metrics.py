@@ -15,7 +15,6 @@ import shutil
 import tempfile
 import threading
 import time
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +78,19 @@ class Instruments:
         )
 
 
-@lru_cache(maxsize=1)
+_instruments: Instruments | None = None
+_instruments_lock = threading.Lock()
+
+
 def instruments() -> Instruments:
-    return Instruments()
+    """This process's metrics, made once: a new worker's threads may ask together,
+    and prometheus_client refuses a family registered twice."""
+    global _instruments
+    if _instruments is None:
+        with _instruments_lock:
+            if _instruments is None:
+                _instruments = Instruments()
+    return _instruments
 
 
 def count_error(kind: str) -> None:

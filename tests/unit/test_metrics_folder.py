@@ -42,3 +42,31 @@ def test_a_request_that_never_started_is_not_counted():
     before = metrics.render()
     falcon.testing.TestClient(app).simulate_get("/x")
     assert b'route="/x"' not in metrics.render() and b'route="/x"' not in before
+
+
+def test_threads_asking_together_make_the_instruments_once(monkeypatch):
+    import threading
+    import time
+
+    made = []
+
+    class Slow:  # as slow to build as it takes for another thread to ask
+        def __init__(self):
+            made.append(self)
+            time.sleep(0.05)
+
+    monkeypatch.setattr(metrics, "_instruments", None)
+    monkeypatch.setattr(metrics, "Instruments", Slow)
+    barrier = threading.Barrier(8)
+    seen = []
+
+    def ask():
+        barrier.wait()
+        seen.append(metrics.instruments())
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 1 and all(x is made[0] for x in seen)
