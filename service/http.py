@@ -39,7 +39,7 @@ def read_json(req: falcon.Request, limit: int, media_types: tuple[str, ...] = (J
         raw = req.bounded_stream.read(limit + 1)
     if len(raw) > limit:
         raise too_large(limit)
-    if not raw.strip():
+    if not raw:  # an empty body counts as {}; whitespace alone is not JSON (400)
         return {}
     media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
     if media_type not in media_types:

@@ -376,3 +376,11 @@ def test_nul_characters_in_text_or_metadata_are_422_naming_the_field_and_write_n
         assert "U+0000" in doc["errors"][0]["detail"]
     assert postgresql.execute(counts).fetchone() == before
     assert client.get(f"/v1/contexts/{cid}").json["metadata"] == {"keep": 1}
+
+def test_an_empty_body_counts_as_an_empty_object_but_whitespace_alone_is_not_json(client):
+    assert raw(client, "post", "/v1/contexts", b"").status_int == 201
+    cid = create(client)
+    for body in (b"\r\n\r\n", b"   "):
+        doc = problem(raw(client, "post", "/v1/contexts", body), 400)
+        assert doc["type"] == "/problems/malformed-json"
+        problem(raw(client, "patch", f"/v1/contexts/{cid}", body, "application/merge-patch+json"), 400)
