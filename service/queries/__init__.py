@@ -9,11 +9,13 @@ from dataclasses import dataclass
 
 from ..config import Settings
 from ..db import Database
+from ..embeddings import Embedder
 from ..tokens import Tokenizer
 from .contexts import Contexts
 from .health import Health
 from .keys import Keys
 from .messages import Messages
+from .search import Search
 
 
 @dataclass(frozen=True)
@@ -22,13 +24,18 @@ class Store:
     messages: Messages
     health: Health
     keys: Keys
+    search: Search
 
     @classmethod
     def build(cls, settings: Settings, db: Database, tokenizer: Tokenizer) -> Store:
+        embedder = Embedder.from_settings(settings)
         return cls(
             contexts=Contexts(db, max_metadata_bytes=settings.max_metadata_bytes,
                               max_lineage_depth=settings.max_lineage_depth),
             messages=Messages(db, tokenizer),
-            health=Health(db, tokenizer),
+            health=Health(db, tokenizer, embedder),
             keys=Keys(db),
+            search=Search(db, dim=settings.embedding_dim, text_search_config=settings.text_search_config,
+                          exact_max=settings.search_exact_max, ef_search=settings.search_ef_search,
+                          max_scan_tuples=settings.search_max_scan_tuples, embedder=embedder),
         )

@@ -1,4 +1,4 @@
-"""GET /health: the service, its database and its tokenizer."""
+"""GET /health: the service, its database, its tokenizer and the embeddings backlog."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class Health:
         self.about = {"version": __version__, "tokenizer": checks.tokenizer}
 
     @operation(
-        "getHealth", tag="meta", summary="Service, database and tokenizer health", ok="200", ok_schema="Health",
+        "getHealth", tag="meta", summary="Service, database, tokenizer and embeddings health", ok="200", ok_schema="Health",
         query="NoQuery",
         extra={"description": "503 keeps the health shape (status \"unavailable\"), as application/json."},
     )
@@ -35,7 +35,8 @@ class Health:
         load_query(self.schemas.no_query, req.params)
         try:
             latency = self.checks.database_latency_ms(self.timeout)
-            about = {**self.about, "auth": "enabled" if self.keys_required() else "disabled"}
+            about = {**self.about, "auth": "enabled" if self.keys_required() else "disabled",
+                     "embeddings": self.checks.embeddings(self.timeout)}
         except Unavailable:
             # API.md's health shape, not a problem document: `status` stays the
             # string that health checkers read.

@@ -22,7 +22,7 @@ from service.config import Settings
 from service.db import Database
 from service.errors import Unavailable
 
-NAMES = ["0001_init", "0002_lineage", "0003_versioned_reads", "0004_api_keys"]
+NAMES = ["0001_init", "0002_lineage", "0003_versioned_reads", "0004_api_keys", "0005_search"]
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from service.ids import uuid7
 from service.migrate import LOCK_KEY, MigrationError, discover, migrate
 from service.paths import sql_dir
 
-NAMES = ["0001_init", "0002_lineage", "0003_versioned_reads", "0004_api_keys"]
+NAMES = ["0001_init", "0002_lineage", "0003_versioned_reads", "0004_api_keys", "0005_search"]
 
 
 def _recorded(url: str) -> list[tuple[int, str, str]]:
