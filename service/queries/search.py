@@ -33,6 +33,11 @@ RRF_K = 60
 # a message ranked below it in one list still scores from the other.
 RRF_DEPTH = 50
 
+# Full-text search ranks at most this many matches, the most recent: a word found
+# in every message of a long conversation costs a bounded walk, not a rank per
+# message (ranks among that many matches of a common word barely differ anyway).
+TEXT_CANDIDATES = 1000
+
 _CONFIG_IN_EXPRESSION = re.compile(r"to_tsvector\('([^']+)'::regconfig")
 
 
@@ -58,16 +63,19 @@ class Scope:
     cut_his: list[int] | None = None
 
 
-class _Composed:
-    """A statement of search.sql with the deployment's dimension written into its
-    text: the partial HNSW index matches only a literal cast and predicate."""
+class _Planned:
+    """A statement of search.sql, planned for its values at every run (never
+    prepared): how many messages match a word, or how big a view is, decides the
+    plan, and a generic plan would not know. Statements with a {dim} placeholder
+    get the deployment's dimension written into their text: the partial HNSW
+    index matches only a literal cast and predicate."""
 
-    def __init__(self, statement: Statement, dim: int) -> None:
-        self.query = pgsql.SQL(statement.text).format(dim=pgsql.Literal(dim))
+    def __init__(self, statement: Statement, dim: int | None = None) -> None:
+        self.query = pgsql.SQL(statement.text).format(dim=pgsql.Literal(dim)) if dim else statement.text
 
     def run(self, conn: psycopg.Connection, **params: Any) -> list[dict[str, Any]]:
         with conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(self.query, params)
+            cur.execute(self.query, params, prepare=False)
             return cur.fetchall()
 
 
@@ -84,9 +92,11 @@ class Search:
         self.exact_max = exact_max
         self.knobs = {"ef_search": str(ef_search), "max_scan_tuples": str(max_scan_tuples)}
         self.embedder = embedder
-        self.exact = _Composed(QUERIES.search_semantic_exact, dim)
-        self.approx_view = _Composed(QUERIES.search_semantic_view, dim)
-        self.approx_tenant = _Composed(QUERIES.search_semantic_tenant, dim)
+        self.exact = _Planned(QUERIES.search_semantic_exact, dim)
+        self.approx_view = _Planned(QUERIES.search_semantic_view, dim)
+        self.approx_tenant = _Planned(QUERIES.search_semantic_tenant, dim)
+        self.text_view = _Planned(QUERIES.search_text_view)
+        self.text_tenant = _Planned(QUERIES.search_text_tenant)
 
     def in_context(self, tenant: str, context_id: UUID, *, query: str | None, embedding: list[float] | None,
                    k: int, roles: list[str] | None = None, as_of_version: int | None = None,
@@ -162,11 +172,12 @@ class Search:
               roles: list[str] | None) -> list[dict[str, Any]]:
         config = self.text_config(conn)
         if scope.tenant is None:
-            return QUERIES.search_text_view.run(conn, config=config, query=query, ids=scope.ids, los=scope.los,
-                                                his=scope.his, k=k, roles=roles)
-        return QUERIES.search_text_tenant.run(conn, config=config, query=query, tenant=scope.tenant,
+            return self.text_view.run(conn, config=config, query=query, ids=scope.ids, los=scope.los,
+                                                his=scope.his, k=k, roles=roles, candidates=TEXT_CANDIDATES)
+        return self.text_tenant.run(conn, config=config, query=query, tenant=scope.tenant,
                                               metadata=scope.metadata, cut_ids=scope.cut_ids,
-                                              cut_his=scope.cut_his, k=k, roles=roles)
+                                              cut_his=scope.cut_his, k=k, roles=roles,
+                                              candidates=TEXT_CANDIDATES)
 
     def text_config(self, conn: psycopg.Connection) -> str:
         """The configuration the words were indexed with: queries must be parsed

@@ -117,22 +117,29 @@ ORDER BY h.distance, h.context_id, h.version;
 -- name: search_text_view
 -- The k messages of the segments (ids, los, his) that match a websearch_to_tsquery
 -- query, best first: score is ts_rank with normalization 32 (rank / (rank + 1),
--- so 0 < score < 1), ties newest first. Each segment is read through its holder's
--- rows that match (the GIN index and the primary key range together).
-WITH q AS (
-    SELECT websearch_to_tsquery(%(config)s::regconfig, %(query)s) AS q
-), hits AS MATERIALIZED (
-    SELECT m.context_id, m.version, m.score
-    FROM q, unnest(%(ids)s::uuid[], %(los)s::bigint[], %(his)s::bigint[]) AS s (holder, lo, hi)
+-- so 0 < score < 1), ties newest first. Only the `candidates` most recent matches
+-- are ranked: a word in every message of a long view costs a bounded walk down
+-- the primary key, a rare one a bitmap of the GIN index and the key range (the
+-- planner picks from the word's frequency: the query is written out, not bound
+-- once in a CTE, so that the planner sees its words).
+WITH matches AS MATERIALIZED (
+    SELECT m.context_id, m.version, m.content_tsv
+    FROM unnest(%(ids)s::uuid[], %(los)s::bigint[], %(his)s::bigint[]) AS s (holder, lo, hi)
     CROSS JOIN LATERAL (
-        SELECT r.context_id, r.version, ts_rank(r.content_tsv, q.q, 32) AS score
+        SELECT r.context_id, r.version, r.content_tsv
         FROM messages AS r
         WHERE r.context_id = s.holder AND r.version BETWEEN s.lo AND s.hi
-          AND r.content_tsv @@ q.q
+          AND r.content_tsv @@ websearch_to_tsquery(%(config)s::regconfig, %(query)s)
           AND (%(roles)s::text[] IS NULL OR r.role = ANY (%(roles)s::text[]))
-        OFFSET 0
+        ORDER BY r.version DESC
+        LIMIT %(candidates)s
     ) AS m
-    ORDER BY m.score DESC, m.version DESC, m.context_id
+    ORDER BY m.version DESC
+    LIMIT %(candidates)s
+), hits AS MATERIALIZED (
+    SELECT x.context_id, x.version, ts_rank(x.content_tsv, websearch_to_tsquery(%(config)s::regconfig, %(query)s), 32) AS score
+    FROM matches AS x
+    ORDER BY 3 DESC, x.version DESC, x.context_id
     LIMIT %(k)s
 )
 SELECT cs_message_doc_v1(m, false) AS doc, h.context_id, h.version, h.score
@@ -142,21 +149,25 @@ ORDER BY h.score DESC, h.version DESC, h.context_id;
 
 -- name: search_text_tenant
 -- The k messages a tenant-wide search covers (get_search_reach) that match a
--- websearch_to_tsquery query, best first, scored as in search_text_view. Matches
--- come from the GIN index; each is kept when its holder is a live match or it
--- lies within the reach of a holder that is not.
-WITH q AS (
-    SELECT websearch_to_tsquery(%(config)s::regconfig, %(query)s) AS q
-), hits AS MATERIALIZED (
-    SELECT m.context_id, m.version, ts_rank(m.content_tsv, q.q, 32) AS score
-    FROM q, messages AS m
-    WHERE m.content_tsv @@ q.q
+-- websearch_to_tsquery query, best first, scored as in search_text_view (the
+-- `candidates` most recent matches are ranked). Matches come from the GIN index;
+-- each is kept when its holder is a live match or it lies within the reach of a
+-- holder that is not.
+WITH matches AS MATERIALIZED (
+    SELECT m.context_id, m.version, m.content_tsv
+    FROM messages AS m
+    WHERE m.content_tsv @@ websearch_to_tsquery(%(config)s::regconfig, %(query)s)
       AND (EXISTS (SELECT 1 FROM contexts AS c
                    WHERE c.id = m.context_id AND c.tenant = %(tenant)s AND c.deleted_at IS NULL
                      AND (%(metadata)s::jsonb IS NULL OR c.metadata @> %(metadata)s::jsonb))
            OR m.version <= (%(cut_his)s::bigint[])[array_position(%(cut_ids)s::uuid[], m.context_id)])
       AND (%(roles)s::text[] IS NULL OR m.role = ANY (%(roles)s::text[]))
-    ORDER BY 3 DESC, m.version DESC, m.context_id
+    ORDER BY m.created_at DESC, m.version DESC
+    LIMIT %(candidates)s
+), hits AS MATERIALIZED (
+    SELECT x.context_id, x.version, ts_rank(x.content_tsv, websearch_to_tsquery(%(config)s::regconfig, %(query)s), 32) AS score
+    FROM matches AS x
+    ORDER BY 3 DESC, x.version DESC, x.context_id
     LIMIT %(k)s
 )
 SELECT cs_message_doc_v1(m, false) AS doc, h.context_id, h.version, h.score
