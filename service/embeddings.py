@@ -95,10 +95,7 @@ class Embedder:
         EmbeddingsRejected or EmbeddingsMisconfigured; notes the outcome for /health."""
         try:
             vectors = self._call(texts, self.timeout if timeout is None else timeout)
-        except EmbeddingsUnavailable:
-            self._note("unavailable")
-            raise
-        except EmbeddingsMisconfigured:
+        except (EmbeddingsUnavailable, EmbeddingsMisconfigured):
             self._note("unavailable")
             raise
         self._note("ok")

@@ -36,7 +36,7 @@ RRF_DEPTH = 50
 # Full-text search ranks at most this many matches, the most recent: a word found
 # in every message of a long conversation costs a bounded walk, not a rank per
 # message (ranks among that many matches of a common word barely differ anyway).
-TEXT_CANDIDATES = 1000
+TEXT_CANDIDATES = 500
 
 _CONFIG_IN_EXPRESSION = re.compile(r"to_tsvector\('([^']+)'::regconfig")
 
@@ -65,8 +65,9 @@ class Scope:
 
 class _Planned:
     """A statement of search.sql, planned for its values at every run (never
-    prepared): how many messages match a word, or how big a view is, decides the
-    plan, and a generic plan would not know. Statements with a {dim} placeholder
+    prepared, and run after set_search_knobs): how many messages match a word, or
+    how big a view is, decides the plan, and a generic plan would not know.
+    Statements with a {dim} placeholder
     get the deployment's dimension written into their text: the partial HNSW
     index matches only a literal cast and predicate."""
 
@@ -146,6 +147,7 @@ class Search:
              mode: str, k: int, roles: list[str] | None) -> SearchResult:
         if not scope.ids:
             return SearchResult([], mode)
+        QUERIES.set_search_knobs.run(conn, **self.knobs)
         depth = k if mode != "hybrid" else max(k, RRF_DEPTH)
         rankings = []
         if mode in ("semantic", "hybrid"):
@@ -162,7 +164,6 @@ class Search:
         common = {"embedding": vector, "k": k, "roles": roles}
         if scope.exact:
             return self.exact.run(conn, ids=scope.ids, los=scope.los, his=scope.his, **common)
-        QUERIES.set_search_knobs.run(conn, **self.knobs)
         if scope.tenant is None:
             return self.approx_view.run(conn, ids=scope.ids, his=scope.his, **common)
         return self.approx_tenant.run(conn, tenant=scope.tenant, metadata=scope.metadata, cut_ids=scope.cut_ids,

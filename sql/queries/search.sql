@@ -176,9 +176,13 @@ JOIN messages AS m ON m.context_id = h.context_id AND m.version = h.version
 ORDER BY h.score DESC, h.version DESC, h.context_id;
 
 -- name: set_search_knobs^
--- pgvector's index-scan settings for the current transaction only (SET LOCAL):
--- nothing outlives it, so a pooled connection (or PgBouncer) carries no state.
-SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true) AS iterative_scan,
+-- Settings for the current search transaction only (SET LOCAL semantics: nothing
+-- outlives it, so a pooled connection, or PgBouncer, carries no state). Searches
+-- are planned for their values (the pool's sessions force generic plans, which
+-- cannot know how common a word is or how long a view is), and pgvector's index
+-- scans walk on until k rows pass the filter.
+SELECT set_config('plan_cache_mode', 'force_custom_plan', true) AS plan_cache_mode,
+       set_config('hnsw.iterative_scan', 'relaxed_order', true) AS iterative_scan,
        set_config('hnsw.ef_search', %(ef_search)s, true) AS ef_search,
        set_config('hnsw.max_scan_tuples', %(max_scan_tuples)s, true) AS max_scan_tuples;
 
