@@ -37,6 +37,8 @@ MAX_BACKOFF = 60.0
 # A batch call may take longer than a search's query embedding.
 BATCH_TIMEOUT = 60.0
 IDLE_POLL = 1.0
+# pg_advisory_lock key of ensure_indexes; the migration runner's is another.
+INDEX_LOCK_KEY = 0x656D62656464  # "embedd"
 _TSV = "to_tsvector({config}::regconfig, left(content, 200000))"
 
 
@@ -184,6 +186,9 @@ def ensure_indexes(settings: Settings, conninfo: str, *, rewrite_words: bool) ->
     dim = settings.embedding_dim
     name = f"messages_embedding_{dim}_idx"
     with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as conn:
+        # Workers starting together build an index once: the others wait here,
+        # then find it. Session-level, hence the direct connection.
+        QUERIES.lock_index_builds.run(conn, key=INDEX_LOCK_KEY)
         indexes = {row["dim"]: row for row in QUERIES.list_embedding_indexes.run(conn)}
         if dim in indexes and not indexes[dim]["valid"]:
             conn.execute(pgsql.SQL("DROP INDEX CONCURRENTLY {}").format(pgsql.Identifier(name)))

@@ -44,3 +44,8 @@ FROM pg_class AS c
 JOIN pg_index AS i ON i.indexrelid = c.oid
 WHERE c.relnamespace = current_schema()::regnamespace AND c.relname ~ '^messages_embedding_[0-9]+_idx$'
 ORDER BY 1;
+
+-- name: lock_index_builds$
+-- Waits for the session-level advisory lock that serializes `worker
+-- --ensure-indexes` runs (released when the session ends).
+SELECT pg_advisory_lock(%(key)s::bigint) IS NOT NULL;
