@@ -39,6 +39,7 @@ import psycopg
 
 from bench.common import HOST, REPO, log
 from bench.services import Service, create_database, start_embedded, tiktoken_dir
+from service.config import Settings
 from service.ids import uuid7
 from service.migrate import migrate
 
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="view sizes for the exact/approximate switch-point measurement")
     parser.add_argument("--queries", type=int, default=100, help="queries per search cell")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
-    parser.add_argument("--ef-search", type=int, default=100, help="SEARCH_EF_SEARCH for the service")
+    parser.add_argument("--ef-search", type=int, default=None, help="SEARCH_EF_SEARCH (default: the setting's)")
     parser.add_argument("--exact-max", type=int, default=None, help="SEARCH_EXACT_MAX for the service")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             conn.execute("VACUUM (ANALYZE) messages")
 
         service = Service("current", REPO, url, folder / "home", folder / "service.log")
-        service_env = [f"SEARCH_EF_SEARCH={args.ef_search}"]
+        service_env = [] if args.ef_search is None else [f"SEARCH_EF_SEARCH={args.ef_search}"]
         if args.exact_max is not None:
             service_env.append(f"SEARCH_EXACT_MAX={args.exact_max}")
         service.start(SimpleNamespace(workers=args.workers, threads=None, log_level="warning", service_env=service_env))
@@ -273,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
 
         lines += ["## Search", "",
                   f"`python -m bench.search --sizes {args.sizes} --queries {args.queries}` "
-                  f"({args.workers} gunicorn workers; 2 shared cores; one client, sequential requests through "
+                  f"(SEARCH_EF_SEARCH {args.ef_search or Settings().search_ef_search}, SEARCH_EXACT_MAX "
+                  f"{args.exact_max if args.exact_max is not None else Settings().search_exact_max}; "
+                  f"{args.workers} gunicorn workers; 2 shared cores; one client, sequential requests through "
                   f"HTTP over loopback). {total:,} messages in the table, every one with a 1536-dimension unit vector "
                   f"drawn at random from a {RANK}-dimension subspace (real embeddings have a low intrinsic "
                   "dimension); queries are drawn the same way.", ""]
@@ -315,7 +318,6 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["Switch point (the store's statements in one process, no HTTP; p50 ms over "
                   f"{min(args.queries, 50)} random queries, recall@10 of the index walk against the exact scan):", "",
                   "| view size | exact scan p50 | HNSW iterative p50 | HNSW recall@10 |", "|---|---|---|---|"]
-        from service.config import Settings
         from service.db import Database
         from service.queries.search import Search
 
@@ -323,10 +325,11 @@ def main(argv: list[str] | None = None) -> int:
         db = Database(settings, url)
         db.pool.open(wait=True)
         try:
-            exact = Search(db, dim=DIM, text_search_config="simple", exact_max=10**9, ef_search=100,
+            exact = Search(db, dim=DIM, text_search_config="simple", exact_max=10**9, ef_search=1,
                            max_scan_tuples=50_000, embedder=None)
-            approx = Search(db, dim=DIM, text_search_config="simple", exact_max=0, ef_search=args.ef_search,
-                            max_scan_tuples=50_000, embedder=None)
+            approx = Search(db, dim=DIM, text_search_config="simple", exact_max=0,
+                            ef_search=args.ef_search or settings.search_ef_search,
+                            max_scan_tuples=settings.search_max_scan_tuples, embedder=None)
             for size in switch_sizes + [s for s in sizes if s <= 10_000]:
                 key = f"switch{size}" if f"switch{size}" in contexts else f"ctx{size}"
                 cid = contexts[key]

@@ -75,8 +75,9 @@ ORDER BY h.distance, h.context_id, h.version;
 -- The k messages of a view nearest to an embedding, through the HNSW index with
 -- an iterative scan (the caller sets hnsw.* for its transaction): the index walk
 -- keeps going until k rows pass the view filter or hnsw.max_scan_tuples is
--- reached. relaxed_order may yield rows slightly out of order: they are sorted
--- again after the walk. Same rows as search_semantic_exact.
+-- reached. relaxed_order may yield rows slightly out of order, so the walk
+-- fetches `fetch` rows (more than k) and the best k of them are kept, sorted by
+-- their exact distance. Same rows as search_semantic_exact.
 WITH hits AS MATERIALIZED (
     SELECT m.context_id, m.version, m.embedding::vector({dim}) <=> %(embedding)s::vector({dim}) AS distance
     FROM messages AS m
@@ -85,12 +86,13 @@ WITH hits AS MATERIALIZED (
       AND m.version <= (%(his)s::bigint[])[array_position(%(ids)s::uuid[], m.context_id)]
       AND (%(roles)s::text[] IS NULL OR m.role = ANY (%(roles)s::text[]))
     ORDER BY m.embedding::vector({dim}) <=> %(embedding)s::vector({dim})
-    LIMIT %(k)s
+    LIMIT %(fetch)s
 )
 SELECT cs_message_doc_v1(m, false) AS doc, h.context_id, h.version, 1 - h.distance AS score
 FROM hits AS h
 JOIN messages AS m ON m.context_id = h.context_id AND m.version = h.version
-ORDER BY h.distance, h.context_id, h.version;
+ORDER BY h.distance, h.context_id, h.version
+LIMIT %(k)s;
 
 -- name: search_semantic_tenant
 -- The k messages a tenant-wide search covers (get_search_reach) nearest to an
@@ -107,12 +109,13 @@ WITH hits AS MATERIALIZED (
            OR m.version <= (%(cut_his)s::bigint[])[array_position(%(cut_ids)s::uuid[], m.context_id)])
       AND (%(roles)s::text[] IS NULL OR m.role = ANY (%(roles)s::text[]))
     ORDER BY m.embedding::vector({dim}) <=> %(embedding)s::vector({dim})
-    LIMIT %(k)s
+    LIMIT %(fetch)s
 )
 SELECT cs_message_doc_v1(m, false) AS doc, h.context_id, h.version, 1 - h.distance AS score
 FROM hits AS h
 JOIN messages AS m ON m.context_id = h.context_id AND m.version = h.version
-ORDER BY h.distance, h.context_id, h.version;
+ORDER BY h.distance, h.context_id, h.version
+LIMIT %(k)s;
 
 -- name: search_text_view
 -- The k messages of the segments (ids, los, his) that match a websearch_to_tsquery
