@@ -207,7 +207,7 @@ class Settings:
     # A per-context view of at most this many messages is searched by meaning
     # exactly (a scan of its segments, recall 1.0); a larger one through the HNSW
     # index with iterative scans. Measured by bench/search.py: see the README.
-    search_exact_max: int = 5000
+    search_exact_max: int = 10_000
     search_ef_search: int = 200
     search_max_scan_tuples: int = 50_000
     # OpenAI-compatible: POST {embeddings_url}/embeddings, the base URL as the
