@@ -171,3 +171,12 @@ def test_ensure_indexes_builds_another_dimensions_index_and_says_what_is_stale(s
     english = type(store.search)(store.search.db, dim=DIM, text_search_config="english", exact_max=100,
                                  ef_search=40, max_scan_tuples=1000, embedder=None)
     assert len(english.in_context("default", context["id"], query="running", embedding=None, k=5).data) == 1
+
+
+def test_the_worker_command_needs_an_endpoint_and_ensure_indexes_alone_does_not(settings, conninfo, caplog):
+    from service.worker import main
+
+    assert main(settings, conninfo, once=True, only_indexes=True) == 0
+    with caplog.at_level("ERROR", logger="context_store"):
+        assert main(settings, conninfo, once=True, only_indexes=False) == 2
+    assert "EMBEDDINGS_URL is not set" in caplog.text

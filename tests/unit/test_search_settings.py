@@ -9,7 +9,7 @@ from service.config import ConfigError, Settings
 SAMPLES = {
     "TEXT_SEARCH_CONFIG": ("English", "english"),
     "SEARCH_EXACT_MAX": ("5000", 5000),
-    "SEARCH_EF_SEARCH": ("200", 200),
+    "SEARCH_EF_SEARCH": ("300", 300),
     "SEARCH_MAX_SCAN_TUPLES": ("100000", 100_000),
     "EMBEDDINGS_URL": ("http://127.0.0.1:9/v1/", "http://127.0.0.1:9/v1"),
     "EMBEDDINGS_MODEL": ("nomic-embed-text", "nomic-embed-text"),
