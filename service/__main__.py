@@ -1,4 +1,4 @@
-"""The `context-store` command: serve, migrate, keys, version."""
+"""The `context-store` command: serve, migrate, keys, worker, version."""
 
 from __future__ import annotations
 
@@ -56,6 +56,17 @@ def _migrate(settings: Settings) -> int:
         runtime.release_database()
     print("applied: " + ", ".join(applied) if applied else "migrations: up to date")
     return 0
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from . import runtime, worker
+
+    runtime.configure_logging(settings.log_level)
+    try:
+        conninfo = runtime.start_database(settings)
+        return worker.main(settings, conninfo, once=args.once, only_indexes=args.ensure_indexes)
+    finally:
+        runtime.release_database()
 
 
 def _fail(message: str, code: int) -> int:
@@ -149,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     listing.add_argument("--tenant", help="only this tenant's keys")
     revoke = keys.add_parser("revoke", help="revoke a key (refused within 5 seconds by every worker)")
     revoke.add_argument("key_id", metavar="KEY_ID")
+    work = commands.add_parser("worker", help="embed messages appended without an embedding (EMBEDDINGS_URL)")
+    work.add_argument("--once", action="store_true", help="stop when the queue is empty")
+    work.add_argument("--ensure-indexes", action="store_true",
+                      help="create the HNSW index for EMBEDDING_DIM and re-index words for TEXT_SEARCH_CONFIG "
+                           "(rewrites messages), then exit")
     args = parser.parse_args(argv)
     if args.command == "version":
         print(__version__)
@@ -162,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(settings)
     if args.command == "keys":
         return _keys(settings, args)
+    if args.command == "worker":
+        return _worker(settings, args)
     return _migrate(settings)
 
 

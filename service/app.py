@@ -13,7 +13,7 @@ from .limits import MAX_VERSION
 from .middleware import RequestContext
 from .openapi import OpenApi, build_spec
 from .queries import Store
-from .resources import contexts, health, messages
+from .resources import contexts, health, messages, search
 from .schemas.requests import RequestSchemas
 
 CONTEXT = "/v1/contexts/{context_id:uuid}"
@@ -50,6 +50,8 @@ def create_app(settings: Settings, store: Store) -> falcon.App:
         (f"{CONTEXT}/messages", messages.Collection(store.messages, store.idempotency, schemas, read_body)),
         (f"{CONTEXT}/messages/{VERSION}", messages.Item(store.messages, schemas)),
         (f"{CONTEXT}/window", messages.Window(store.messages, schemas)),
+        (f"{CONTEXT}/search", search.InContext(store.search, schemas, read_body)),
+        ("/v1/search", search.InTenant(store.search, schemas, read_body)),
     ):
         app.add_route(path, resource)
     document.publish(build_spec(app, schemas, settings))

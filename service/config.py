@@ -97,6 +97,22 @@ def _database_url(raw: str) -> str | None:
     return value
 
 
+def _regconfig(raw: str) -> str:
+    value = raw.strip().lower()
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", value):
+        raise ValueError("expected the name of a text search configuration (simple, english, ...)")
+    return value
+
+
+def _http_url(raw: str) -> str | None:
+    value = raw.strip().rstrip("/")
+    if not value:
+        return None
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+        raise ValueError("expected an http:// or https:// URL without query or fragment")
+    return value
+
+
 MIB = 1024 * 1024
 
 # (field, variable, parser): the table the README documents; defaults live on Settings.
@@ -144,6 +160,17 @@ _SPEC: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("cors_allow_origins", "CORS_ALLOW_ORIGINS", _origins),
     # Behind a connection pooler (PgBouncer)
     ("db_pooler", "DB_POOLER", _choice("none", "pgbouncer-transaction")),
+    # search and embeddings (service/queries/search.py, service/embeddings.py, service/worker.py)
+    ("text_search_config", "TEXT_SEARCH_CONFIG", _regconfig),
+    ("search_exact_max", "SEARCH_EXACT_MAX", _int(0, 100_000_000)),
+    ("search_ef_search", "SEARCH_EF_SEARCH", _int(1, 1000)),
+    ("search_max_scan_tuples", "SEARCH_MAX_SCAN_TUPLES", _int(1, 100_000_000)),
+    ("embeddings_url", "EMBEDDINGS_URL", _http_url),
+    ("embeddings_model", "EMBEDDINGS_MODEL", _text),
+    ("embeddings_api_key", "EMBEDDINGS_API_KEY", _text),
+    ("embeddings_timeout", "EMBEDDINGS_TIMEOUT", _float(0.1, 60)),
+    ("embeddings_batch_size", "EMBEDDINGS_BATCH_SIZE", _int(1, 2048)),
+    ("embeddings_max_rps", "EMBEDDINGS_MAX_RPS", _float(0.01, 10_000)),
 )
 
 
@@ -222,6 +249,25 @@ class Settings:
                 "cannot keep prepared statements; set it to none or leave it unset"
             )
         return dataclasses.replace(self, prepare_threshold=None)
+    # search and embeddings. Words are indexed with text_search_config (the
+    # content_tsv column's expression; `worker --ensure-indexes` applies a change).
+    text_search_config: str = "simple"
+    # A per-context view of at most this many messages is searched by meaning
+    # exactly (a scan of its segments, recall 1.0); a larger one through the HNSW
+    # index with iterative scans. Measured by bench/search.py: see the README.
+    search_exact_max: int = 10_000
+    search_ef_search: int = 200
+    search_max_scan_tuples: int = 50_000
+    # OpenAI-compatible: POST {embeddings_url}/embeddings, the base URL as the
+    # OpenAI clients take it (https://api.openai.com/v1). Unset: no server-side
+    # embeddings, the worker has nothing to do and a text query searches words.
+    embeddings_url: str | None = None
+    embeddings_model: str = "text-embedding-3-small"
+    embeddings_api_key: str | None = dataclasses.field(default=None, repr=False)
+    # Bounds the one call that embeds a search query; the worker's calls get more.
+    embeddings_timeout: float = 2.0
+    embeddings_batch_size: int = 64
+    embeddings_max_rps: float = 5.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -235,8 +281,13 @@ class Settings:
             try:
                 values[field] = parse(raw)
             except ValueError as exc:
-                shown = redact_url(raw) if field == "database_url" else raw
-                raise ConfigError(f"invalid {variable}={shown!r}: {exc}") from None
+                if field in ("database_url", "embeddings_url"):
+                    shown = repr(redact_url(raw))
+                elif field == "embeddings_api_key":
+                    shown = "[redacted]"
+                else:
+                    shown = repr(raw)
+                raise ConfigError(f"invalid {variable}={shown}: {exc}") from None
         settings = cls(**values)
         settings._check()
         return settings._check_pooler(environ)

@@ -217,6 +217,7 @@ def build_spec(app: falcon.App, schemas: RequestSchemas, settings: Settings) -> 
         ("MessagePage", responses.MessagePage),
         ("AppendResult", responses.AppendResult),
         ("Window", responses.WindowOut),
+        ("SearchResult", responses.SearchResult),
         ("Health", responses.HealthOut),
         ("Problem", responses.ProblemOut),
     ):

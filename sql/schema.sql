@@ -65,6 +65,10 @@ CREATE TABLE messages (
     embedding    vector,
     metadata     jsonb       NOT NULL DEFAULT '{}',
     created_at   timestamptz NOT NULL,
+    -- Search (0005): the words of content, computed once at append; and when the
+    -- worker gave up embedding the message (the endpoint refused it for good).
+    content_tsv  tsvector    GENERATED ALWAYS AS (to_tsvector('simple'::regconfig, left(content, 200000))) STORED,
+    embedding_failed_at timestamptz,
     CONSTRAINT messages_pkey PRIMARY KEY (context_id, version),
     CONSTRAINT messages_version_check CHECK (version >= 1),
     CONSTRAINT messages_role_check CHECK (role IN ('system', 'user', 'assistant', 'tool')),
@@ -77,6 +81,17 @@ CREATE TABLE messages (
 CREATE INDEX messages_cum_tokens_idx ON messages (context_id, cum_tokens, version);
 -- Point-in-time: latest version created at or before a timestamp.
 CREATE INDEX messages_created_idx ON messages (context_id, created_at, version);
+-- Full-text search (0005); TEXT_SEARCH_CONFIG is the expression's configuration.
+CREATE INDEX messages_content_tsv_idx ON messages USING gin (content_tsv);
+-- Nearest neighbours by cosine distance (0005): HNSW needs a dimension, so the
+-- index is on a cast, partial to rows of EMBEDDING_DIM (1536 here; another
+-- dimension gets messages_embedding_<dim>_idx from `worker --ensure-indexes`).
+CREATE INDEX messages_embedding_1536_idx ON messages
+    USING hnsw ((embedding::vector(1536)) vector_cosine_ops)
+    WHERE vector_dims(embedding) = 1536;
+-- The embedding worker's queue (0005): messages waiting for an embedding.
+CREATE INDEX messages_embedding_pending_idx ON messages (created_at)
+    WHERE embedding IS NULL AND embedding_failed_at IS NULL;
 
 -- ---------------------------------------------------------------- API keys
 

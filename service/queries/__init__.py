@@ -9,12 +9,14 @@ from dataclasses import dataclass
 
 from ..config import Settings
 from ..db import Database
+from ..embeddings import Embedder
 from ..tokens import Tokenizer
 from .contexts import Contexts
 from .health import Health
 from .idempotency import Idempotency
 from .keys import Keys
 from .messages import Messages
+from .search import Search
 
 
 @dataclass(frozen=True)
@@ -24,14 +26,19 @@ class Store:
     health: Health
     keys: Keys
     idempotency: Idempotency
+    search: Search
 
     @classmethod
     def build(cls, settings: Settings, db: Database, tokenizer: Tokenizer) -> Store:
+        embedder = Embedder.from_settings(settings)
         return cls(
             contexts=Contexts(db, max_metadata_bytes=settings.max_metadata_bytes,
                               max_lineage_depth=settings.max_lineage_depth),
             messages=Messages(db, tokenizer),
-            health=Health(db, tokenizer),
+            health=Health(db, tokenizer, embedder),
             keys=Keys(db),
             idempotency=Idempotency(db, ttl_seconds=settings.idempotency_ttl_hours * 3600),
+            search=Search(db, dim=settings.embedding_dim, text_search_config=settings.text_search_config,
+                          exact_max=settings.search_exact_max, ef_search=settings.search_ef_search,
+                          max_scan_tuples=settings.search_max_scan_tuples, embedder=embedder),
         )

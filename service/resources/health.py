@@ -1,4 +1,4 @@
-"""GET /health: the service, its database and its tokenizer."""
+"""GET /health: the service, its database, its tokenizer and the embeddings backlog."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class Health:
         self.about = {"version": __version__, "tokenizer": checks.tokenizer}
 
     @operation(
-        "getHealth", tag="meta", summary="Service, database and tokenizer health", ok="200", ok_schema="Health",
+        "getHealth", tag="meta", summary="Service, database, tokenizer and embeddings health", ok="200", ok_schema="Health",
         query="NoQuery",
         extra={
             "description": "503 keeps the health shape (status \"unavailable\"), as application/json: the "
@@ -38,8 +38,10 @@ class Health:
         load_query(self.schemas.no_query, req.params)
         try:
             database = self.checks.database(self.timeout)
-            # Whether keys exist is in a table the schema may not have yet.
+            # Whether keys exist, and the embeddings queue, are in tables the schema
+            # may not have yet.
             keyed = self.keys_required() if database.migrated else None
+            embeddings = self.checks.embeddings(self.timeout) if database.migrated else None
         except Unavailable:
             # API.md's health shape, not a problem document: `status` stays the
             # string that health checkers read.
@@ -48,6 +50,8 @@ class Health:
             send(resp, {"status": "unavailable", "database": {"status": "unavailable"}, **about}, 503)
             return
         about = {**self.about, "auth": "unknown" if keyed is None else "enabled" if keyed else "disabled"}
+        if embeddings is not None:
+            about["embeddings"] = embeddings
         report = {
             "status": "ok",
             "latency_ms": database.latency_ms,

@@ -47,6 +47,11 @@ class PointInTime(StrictSchema):
             raise ValidationError("Give as_of_version or as_of, not both.", "as_of")
 
 
+# Search (API.md): a query of 1..4096 characters, k of 1..100 results.
+MAX_QUERY_CHARS = 4096
+MAX_SEARCH_K = 100
+DEFAULT_SEARCH_K = 10
+
 INCLUDE = {"validate": validate.OneOf(("embedding",)), "metadata": {"description": "embedding: add each message's"}}
 
 
@@ -131,6 +136,51 @@ class RequestSchemas:
         class NoQuery(StrictSchema):
             pass
 
+        class SearchBody(Body):
+            query = StrictString(
+                allow_none=True, max_bytes=4 * MAX_QUERY_CHARS, validate=validate.Length(min=1, max=MAX_QUERY_CHARS),
+                metadata={"description": "words, in websearch_to_tsquery syntax (\"a phrase\", or, -not)"},
+            )
+            embedding = Embedding(dimension=settings.embedding_dim, allow_none=True)
+            k = StrictInteger(allow_none=True, validate=validate.Range(min=1, max=MAX_SEARCH_K),
+                              metadata={"description": "how many results at most (default 10)"})
+            roles = fields.List(
+                fields.String(validate=validate.OneOf(ROLES)), allow_none=True, validate=validate.Length(min=1),
+                metadata={"description": "only messages of these roles (default all)"},
+            )
+
+            @validates_schema
+            def _something_to_search(self, data, **kwargs):
+                if data.get("query") is None and data.get("embedding") is None:
+                    raise ValidationError("Give a query, an embedding or both.", "query")
+
+            @post_load
+            def _default_k(self, data, **kwargs):
+                if data.get("k") is None:
+                    data["k"] = DEFAULT_SEARCH_K
+                return data
+
+        class SearchContext(SearchBody):
+            as_of_version = StrictInteger(
+                allow_none=True, validate=validate.Range(min=0, max=MAX_VERSION),
+                metadata={"description": "search the view as of this version (0..head); not together with as_of"},
+            )
+            as_of = Timestamp(
+                allow_none=True,
+                metadata={"description": "search the view as of this time (RFC 3339); not with as_of_version"},
+            )
+
+            @validates_schema
+            def _one_point_in_time(self, data, **kwargs):
+                if data.get("as_of_version") is not None and data.get("as_of") is not None:
+                    raise ValidationError("Give as_of_version or as_of, not both.", "as_of")
+
+        class SearchTenant(SearchBody):
+            metadata = JsonObject(
+                allow_none=True, metadata={"description": "only contexts whose metadata contains this (jsonb @>)"},
+                **meta_limit,
+            )
+
         self.classes: dict[str, type[Schema]] = {
             cls.__name__: cls
             for cls in (
@@ -145,6 +195,8 @@ class RequestSchemas:
                 MessageQuery,
                 WindowQuery,
                 NoQuery,
+                SearchContext,
+                SearchTenant,
             )
         }
         self.context_create = ContextCreate()
@@ -157,3 +209,5 @@ class RequestSchemas:
         self.message_query = MessageQuery()
         self.window_query = WindowQuery()
         self.no_query = NoQuery()
+        self.search_context = SearchContext()
+        self.search_tenant = SearchTenant()

@@ -59,6 +59,33 @@ class WindowOut(Schema):
     truncated = fields.Boolean(required=True)
 
 
+class SearchHit(Schema):
+    message = fields.Nested(MessageOut, required=True)
+    score = fields.Float(
+        required=True,
+        metadata={"description": "semantic: 1 - cosine distance; text: ts_rank normalized to 0..1 "
+                                 "(rank / (rank + 1)); hybrid: sum of 1 / (60 + rank) over both rankings"},
+    )
+
+
+class SearchResult(Schema):
+    data = fields.List(fields.Nested(SearchHit), required=True, metadata={"description": "best first, at most k"})
+    mode = fields.String(
+        required=True, validate=validate.OneOf(("text", "semantic", "hybrid")),
+        metadata={"description": "how the results were ranked: text when the query could not be embedded"},
+    )
+
+
+class EmbeddingsHealth(Schema):
+    status = fields.String(
+        required=True, validate=validate.OneOf(("ok", "unavailable", "unknown", "disabled")),
+        metadata={"description": "whether the embeddings endpoint answered lately; disabled without EMBEDDINGS_URL"},
+    )
+    backlog = fields.Integer(
+        metadata={"description": "messages waiting for an embedding (counted up to 100000)"}
+    )
+
+
 class DatabaseHealth(Schema):
     status = fields.String(required=True, validate=validate.OneOf(("ok", "unavailable")))
     latency_ms = fields.Float(metadata={"description": "one round trip, when the database answered"})
@@ -72,6 +99,7 @@ class HealthOut(Schema):
     database = fields.Nested(DatabaseHealth, required=True)
     version = fields.String(required=True)
     tokenizer = fields.String(required=True)
+    embeddings = fields.Nested(EmbeddingsHealth)
     auth = fields.String(
         required=True,
         validate=validate.OneOf(("enabled", "disabled", "unknown")),

@@ -174,6 +174,16 @@ def test_every_variable_of_the_table_is_exercised_by_the_parsing_test():
         ("AUTH_CACHE_TTL_SECONDS", "5.1"),
         ("AUTH_CACHE_TTL_SECONDS", "-1"),
         ("AUTH_CACHE_TTL_SECONDS", "soon"),
+        ("TEXT_SEARCH_CONFIG", "a;b"),
+        ("SEARCH_EXACT_MAX", "-1"),
+        ("SEARCH_EF_SEARCH", "0"),
+        ("SEARCH_MAX_SCAN_TUPLES", "0"),
+        ("EMBEDDINGS_URL", "ftp://x"),
+        ("EMBEDDINGS_MODEL", " "),
+        ("EMBEDDINGS_API_KEY", " "),
+        ("EMBEDDINGS_TIMEOUT", "0"),
+        ("EMBEDDINGS_BATCH_SIZE", "0"),
+        ("EMBEDDINGS_MAX_RPS", "0"),
     ],
 )
 def test_a_bad_value_raises_config_error_naming_the_variable(variable, raw):
@@ -327,6 +337,16 @@ def test_each_listed_variable_changes_its_setting():
         "IDEMPOTENCY_TTL_HOURS": "25",
         "LOG_FORMAT": "json",
         "CORS_ALLOW_ORIGINS": "*",
+        "TEXT_SEARCH_CONFIG": "english",
+        "SEARCH_EXACT_MAX": "5000",
+        "SEARCH_EF_SEARCH": "300",
+        "SEARCH_MAX_SCAN_TUPLES": "1000",
+        "EMBEDDINGS_URL": "http://127.0.0.1:9/v1",
+        "EMBEDDINGS_MODEL": "m",
+        "EMBEDDINGS_API_KEY": "k",
+        "EMBEDDINGS_TIMEOUT": "1",
+        "EMBEDDINGS_BATCH_SIZE": "8",
+        "EMBEDDINGS_MAX_RPS": "1",
         "DB_POOLER": "pgbouncer-transaction",
     }
     assert sorted(samples) == sorted(name for name, _ in variables())
