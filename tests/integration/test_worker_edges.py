@@ -9,7 +9,6 @@ import logging
 import signal
 
 import psycopg
-import pytest
 from embeddings_server import API_KEY, EmbeddingsServer
 
 from service.embeddings import Embedder

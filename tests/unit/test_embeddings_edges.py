@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
 import pytest
 from embeddings_server import API_KEY, EmbeddingsServer
@@ -35,7 +36,7 @@ class FixedAnswer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> FixedAnswer:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
@@ -57,9 +58,8 @@ def test_a_body_that_is_not_embeddings_is_unavailable(body):
 
 def test_fewer_vectors_than_texts_is_unavailable():
     body = b'{"data": [{"index": 0, "embedding": [0, 0, 0, 0, 0, 0, 0, 1]}]}'
-    with FixedAnswer(body) as endpoint:
-        with pytest.raises(EmbeddingsUnavailable, match="asked for 2 embeddings, got 1"):
-            Embedder(endpoint.url, "m", None, DIM, timeout=2.0).embed(["a", "b"])
+    with FixedAnswer(body) as endpoint, pytest.raises(EmbeddingsUnavailable, match="asked for 2 embeddings, got 1"):
+        Embedder(endpoint.url, "m", None, DIM, timeout=2.0).embed(["a", "b"])
 
 
 def test_health_probe_refused_as_input_still_counts_as_answering():
