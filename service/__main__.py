@@ -38,7 +38,7 @@ def _serve(settings: Settings) -> int:
         # and so does every worker it forks, through this same frame.
         WSGIApplication("%(prog)s [OPTIONS]").run()
     finally:
-        if os.getpid() == master:  # a worker leaving holds no claim on the database
+        if os.getpid() == master:  # pragma: no branch (a worker leaving holds no claim on the database)
             runtime.release_database()
 
 
