@@ -31,6 +31,8 @@ from .logs import printable
 log = logging.getLogger("context_store")
 
 PROBLEM_JSON = "application/problem+json"
+# What a 500 says, from the app or from the gunicorn worker before the app.
+INTERNAL_DETAIL = "The server met an unexpected condition; the request id identifies it in the logs."
 
 
 # status -> (slug, title) for Falcon's own errors and ours.
@@ -151,7 +153,7 @@ def install(app: falcon.App, retry_after: int) -> None:
             extra={"request_id": getattr(req.context, "request_id", None)},
             exc_info=error,
         )
-        raise Problem(500, "The server met an unexpected condition; the request id identifies it in the logs.")
+        raise Problem(500, INTERNAL_DETAIL)
 
     app.add_error_handler(Exception, on_unexpected)
     app.add_error_handler(NotFound, on_not_found)

@@ -45,7 +45,7 @@ from gunicorn.workers.gthread import ThreadWorker, TConn
 
 from . import metrics
 from .config import Settings
-from .problems import PROBLEM_JSON, Problem
+from .problems import INTERNAL_DETAIL, PROBLEM_JSON, Problem
 
 # What gunicorn's close_graceful allows a closing client: 2 s, 64 KiB.
 _LINGER_SECONDS = 2.0
@@ -114,7 +114,7 @@ _CLIENT_ERRORS: tuple[tuple[type[Exception], int, str, str, str], ...] = (
 def problem_for(exc: BaseException) -> tuple[int, str, str, str]:
     """(status, slug, title, detail) of the problem that answers a request gunicorn failed on."""
     if isinstance(exc, (h.InvalidResponseHeader, h.InvalidResponseHeaderName, h.ConfigurationProblem)):
-        return 500, "internal-error", "Internal Server Error", _INTERNAL
+        return 500, "internal-error", "Internal Server Error", INTERNAL_DETAIL
     for kinds, status, slug, title, detail in _CLIENT_ERRORS:
         if isinstance(exc, kinds):
             if isinstance(exc, h.InvalidHeader) and not isinstance(exc, h.InvalidHeaderName):
@@ -123,11 +123,10 @@ def problem_for(exc: BaseException) -> tuple[int, str, str, str]:
                 name = str(getattr(exc, "hdr", "") or "")
                 detail = f"{detail}: {name}." if _FIELD_NAME.fullmatch(name) else f"{detail}."
             return status, slug, title, detail
-    return 500, "internal-error", "Internal Server Error", _INTERNAL
+    return 500, "internal-error", "Internal Server Error", INTERNAL_DETAIL
 
 
 _FIELD_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
-_INTERNAL = "The server met an unexpected condition; the request id identifies it in the logs."
 
 
 def problem_response(status: int, slug: str, title: str, detail: str, path: str | None, request_id: str) -> bytes:

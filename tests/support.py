@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import re
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -82,3 +86,33 @@ def next_link(resp) -> str | None:
     match = LINK_NEXT.search(header)
     assert match, header
     return match.group(1)
+
+
+@contextmanager
+def silent_listener() -> Iterator[str]:
+    """An http:// address whose listener accepts connections and never answers
+    (a proxy on a filtered network): tiktoken's download through it hangs."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.2)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(2)
+        for conn in held:
+            conn.close()
+        server.close()

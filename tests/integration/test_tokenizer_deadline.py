@@ -5,13 +5,12 @@ accepts the connection and never answers (what a filtered network does)."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
+from support import silent_listener
 
 from service.tokens import ESTIMATE
 
@@ -25,28 +24,8 @@ LOAD = (
 @pytest.fixture
 def silent_proxy():
     """A TCP listener that takes connections and never says a word."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    stop.set()
-    thread.join(2)
-    for conn in held:
-        conn.close()
-    server.close()
+    with silent_listener() as address:
+        yield address
 
 
 def _offline_env(tmp_path, proxy: str) -> dict[str, str]:

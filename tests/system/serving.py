@@ -1,4 +1,4 @@
-"""Helpers for the system tests: a real `context-store serve` over the embedded
+"""Helpers for the system tests (silent_listener lives in tests/support.py): a real `context-store serve` over the embedded
 PostgreSQL, HTTP without a client library, and pg_ctl on the server's data folder."""
 
 from __future__ import annotations
@@ -134,35 +134,3 @@ def serve(env: dict[str, str] | None = None, database_url: str | None = None) ->
                 proc.kill()
         log.close()
         shutil.rmtree(tmp_path, ignore_errors=True)
-
-
-@contextmanager
-def silent_listener() -> Iterator[str]:
-    """An http:// address whose listener accepts connections and never answers
-    (a proxy on a filtered network): tiktoken's download through it hangs."""
-    import threading
-
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    server.settimeout(0.2)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(2)
-        for conn in held:
-            conn.close()
-        server.close()

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from serving import get, serve, silent_listener
+from serving import get, serve
+from support import silent_listener
 
 from service.tokens import ESTIMATE
 
