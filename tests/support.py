@@ -116,3 +116,27 @@ def silent_listener() -> Iterator[str]:
         for conn in held:
             conn.close()
         server.close()
+
+
+def terminate_pool_connections(conninfo: str) -> int:
+    """Have the server end every session of the service's pools (as a restart does);
+    how many it ended."""
+    import psycopg
+
+    with psycopg.connect(conninfo, autocommit=True) as admin:
+        return admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'context-store' AND pid <> pg_backend_pid()"
+        ).fetchone()[0]
+
+
+def small_database(settings, conninfo: str | None = None, *, wait: bool = True, **changes):
+    """A Database of one connection over conninfo (the settings' URL by default), opened."""
+    import dataclasses
+
+    from service.db import Database
+
+    small = dataclasses.replace(settings, pool_min_size=1, pool_max_size=1, **changes)
+    database = Database(small, conninfo or settings.database_url)
+    database.pool.open(wait=wait)
+    return database

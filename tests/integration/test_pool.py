@@ -9,33 +9,19 @@ import logging
 
 import psycopg
 import pytest
+from support import small_database, terminate_pool_connections
 
 from service.db import Database
 from service.errors import Unavailable
 from service.sql import QUERIES
 
 
-def _terminate_pool_connections(conninfo: str) -> int:
-    with psycopg.connect(conninfo, autocommit=True) as admin:
-        return admin.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE application_name = 'context-store' AND pid <> pg_backend_pid()"
-        ).fetchone()[0]
-
-
-def _database(settings, conninfo: str, **changes) -> Database:
-    small = dataclasses.replace(settings, pool_min_size=1, pool_max_size=1, **changes)
-    database = Database(small, conninfo)
-    database.pool.open(wait=True)
-    return database
-
-
 def test_an_idle_connection_is_checked_and_replaced_before_a_request_sees_it(settings, direct_conninfo):
-    database = _database(settings, direct_conninfo, pool_check_idle=0.0)
+    database = small_database(settings, direct_conninfo, pool_check_idle=0.0)
     try:
         with database.connection() as conn:
             QUERIES.ping.run(conn)
-        assert _terminate_pool_connections(direct_conninfo) == 1
+        assert terminate_pool_connections(direct_conninfo) == 1
         with database.connection() as conn:  # the check finds it dead; the pool lends a new one
             QUERIES.ping.run(conn)
     finally:
@@ -43,11 +29,11 @@ def test_an_idle_connection_is_checked_and_replaced_before_a_request_sees_it(set
 
 
 def test_a_connection_returned_a_moment_ago_is_lent_without_a_check(settings, direct_conninfo):
-    database = _database(settings, direct_conninfo, pool_check_idle=3600.0)
+    database = small_database(settings, direct_conninfo, pool_check_idle=3600.0)
     try:
         with database.connection() as conn:
             QUERIES.ping.run(conn)
-        assert _terminate_pool_connections(direct_conninfo) == 1
+        assert terminate_pool_connections(direct_conninfo) == 1
         with pytest.raises(Unavailable):  # no check: the request meets the broken connection
             with database.connection() as conn:
                 QUERIES.ping.run(conn)
@@ -93,12 +79,12 @@ def test_connection_failures_are_logged_without_the_address_or_credentials(setti
 
 
 def test_availability_is_up_until_a_connection_fails_and_up_again_after_the_probe(settings, direct_conninfo):
-    database = _database(settings, direct_conninfo, pool_check_idle=3600.0, probe_interval_ms=10)
+    database = small_database(settings, direct_conninfo, pool_check_idle=3600.0, probe_interval_ms=10)
     try:
         with database.connection() as conn:
             QUERIES.ping.run(conn)
         assert database.availability.up and database.availability.down_for is None
-        assert _terminate_pool_connections(direct_conninfo) == 1
+        assert terminate_pool_connections(direct_conninfo) == 1
         with pytest.raises(Unavailable):  # this request's connection broke mid-way
             with database.connection() as conn:
                 QUERIES.ping.run(conn)

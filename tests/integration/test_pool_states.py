@@ -8,7 +8,6 @@ state the other thread leaves behind and calls the method that meets it.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -16,27 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
+from support import small_database, terminate_pool_connections
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import PoolTimeout
 
 from service.db import Database, RedactingFilter, is_connection_error
 from service.errors import Unavailable
 from service.sql import QUERIES
-
-
-def _terminate_pool_connections(conninfo: str) -> int:
-    with psycopg.connect(conninfo, autocommit=True) as admin:
-        return admin.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE application_name = 'context-store' AND pid <> pg_backend_pid()"
-        ).fetchone()[0]
-
-
-def _database(settings, conninfo: str | None = None, *, wait: bool = True, **changes) -> Database:
-    small = dataclasses.replace(settings, pool_min_size=1, pool_max_size=1, **changes)
-    database = Database(small, conninfo or settings.database_url)
-    database.pool.open(wait=wait)
-    return database
 
 
 def _ping(database: Database, timeout: float | None = None) -> None:
@@ -65,7 +50,7 @@ def test_a_record_whose_message_cannot_be_formatted_is_passed_on_untouched():
 
 def test_a_connect_failure_that_is_no_outage_leaves_the_database_up(settings, caplog):
     # An unknown connection option: psycopg refuses before any network traffic.
-    database = _database(settings, conninfo=settings.database_url + " no_such_option=1", wait=False, pool_timeout=0.2)
+    database = small_database(settings, conninfo=settings.database_url + " no_such_option=1", wait=False, pool_timeout=0.2)
     try:
         with caplog.at_level(logging.WARNING, logger="psycopg.pool"):
             deadline = time.monotonic() + 5
@@ -85,10 +70,10 @@ def test_a_connect_failure_that_is_no_outage_leaves_the_database_up(settings, ca
 
 def test_with_the_check_off_even_a_long_idle_connection_is_lent_unchecked(settings, direct_conninfo):
     # Directly: a pooler in between would hide the server's ending of the session.
-    database = _database(settings, conninfo=direct_conninfo, pool_check=False, pool_check_idle=0.0)
+    database = small_database(settings, conninfo=direct_conninfo, pool_check=False, pool_check_idle=0.0)
     try:
         _ping(database)
-        assert _terminate_pool_connections(direct_conninfo) == 1
+        assert terminate_pool_connections(direct_conninfo) == 1
         with pytest.raises(Unavailable, match="connection failed"):  # no check: the request meets it
             _ping(database)
     finally:
@@ -100,13 +85,13 @@ def test_a_dead_idle_connection_while_the_server_refuses_new_ones_fails_fast_and
 ):
     dbname = conninfo_to_dict(direct_conninfo)["dbname"]
     maintenance = make_conninfo(direct_conninfo, dbname="postgres")
-    database = _database(settings, conninfo=direct_conninfo, pool_check_idle=0.0, probe_interval_ms=60_000)
+    database = small_database(settings, conninfo=direct_conninfo, pool_check_idle=0.0, probe_interval_ms=60_000)
     try:
         _ping(database)
         with psycopg.connect(maintenance, autocommit=True) as admin:
             admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
         try:
-            assert _terminate_pool_connections(maintenance) >= 1
+            assert terminate_pool_connections(maintenance) >= 1
             # The check finds the connection dead; the probe is refused: no retry.
             with pytest.raises(Unavailable, match="connection failed") as info:
                 _ping(database)
@@ -129,7 +114,7 @@ def test_a_dead_idle_connection_while_the_server_refuses_new_ones_fails_fast_and
 def _idle_session_ended(settings, direct_conninfo, **changes) -> Database:
     # Directly: a pooler in between would absorb the server's ending of the session.
     impatient = make_conninfo(direct_conninfo, options="-c idle_session_timeout=100")
-    database = _database(settings, conninfo=impatient, **changes)
+    database = small_database(settings, conninfo=impatient, **changes)
     time.sleep(0.3)  # the server ends the idle session
     return database
 
@@ -155,7 +140,7 @@ def test_a_request_meeting_a_connection_ended_by_the_idle_session_timeout_is_una
 
 
 def test_a_request_that_waits_out_the_pool_time_out_is_unavailable(settings):
-    database = _database(settings)
+    database = small_database(settings)
     try:
         with database.connection():  # the only connection
             with pytest.raises(Unavailable, match="no connection within the pool time-out") as info:
@@ -166,7 +151,7 @@ def test_a_request_that_waits_out_the_pool_time_out_is_unavailable(settings):
 
 
 def test_a_pool_time_out_after_the_database_went_down_says_only_unavailable(settings):
-    database = _database(settings)
+    database = small_database(settings)
     try:
         with database.connection(), ThreadPoolExecutor(max_workers=1) as executor:
             waiting = executor.submit(_ping, database, 0.5)
@@ -188,7 +173,7 @@ def test_a_pool_time_out_after_the_database_went_down_says_only_unavailable(sett
 
 
 def test_a_failure_in_a_pool_already_replaced_does_not_take_the_database_down(settings):
-    database = _database(settings)
+    database = small_database(settings)
     try:
         retired = database.pool
         fresh = database._replace_pool()
@@ -202,7 +187,7 @@ def test_a_failure_in_a_pool_already_replaced_does_not_take_the_database_down(se
 
 
 def test_a_request_recovering_a_pool_another_request_already_replaced_retries_without_a_probe(settings):
-    database = _database(settings)
+    database = small_database(settings)
     try:
         failed = database.pool
         fresh = database._replace_pool()
@@ -217,7 +202,7 @@ def test_a_request_recovering_a_pool_another_request_already_replaced_retries_wi
 
 
 def test_after_close_a_recovery_neither_probes_nor_replaces(settings):
-    database = _database(settings)
+    database = small_database(settings)
     pool = database.pool
     database.close()
     assert database._recover(pool) is False
@@ -227,7 +212,7 @@ def test_after_close_a_recovery_neither_probes_nor_replaces(settings):
 
 
 def test_a_request_after_close_is_told_the_service_is_shutting_down(settings):
-    database = _database(settings)
+    database = small_database(settings)
     database.close()
     with pytest.raises(Unavailable, match="shutting down"):
         _ping(database)
@@ -235,7 +220,7 @@ def test_a_request_after_close_is_told_the_service_is_shutting_down(settings):
 
 def test_a_pool_replaced_while_close_ran_is_closed_and_not_installed(settings, direct_conninfo):
     # Directly: a pooler keeps server connections of its own open.
-    database = _database(settings, conninfo=direct_conninfo)
+    database = small_database(settings, conninfo=direct_conninfo)
     pool = database.pool
     database.close()
     with pytest.raises(Unavailable, match="shutting down"):
@@ -275,7 +260,7 @@ class _ProbeLockTakenJustAfterAnotherProbe:
 
 
 def test_a_request_whose_turn_to_probe_comes_after_a_probe_succeeded_uses_that_pool(settings):
-    database = _database(settings, probe_interval_ms=10)
+    database = small_database(settings, probe_interval_ms=10)
     try:
         database._went_down(psycopg.OperationalError("connection refused"))
         with database._lock:
