@@ -7,6 +7,7 @@ import falcon
 from . import metrics, problems
 from .auth import Authenticator
 from .config import Settings
+from .consistency import Consistency
 from .cors import Cors
 from .http import BodyReader
 from .limits import MAX_VERSION
@@ -29,6 +30,7 @@ def create_app(settings: Settings, store: Store) -> falcon.App:
     middleware: list[object] = [
         RequestContext(settings.max_body_bytes),
         authenticator,
+        Consistency(store.replicas),
         metrics.RequestMetrics(store.health.pool_stats),
     ]
     if settings.cors_allow_origins:

@@ -97,6 +97,13 @@ def _database_url(raw: str) -> str | None:
     return value
 
 
+def _database_urls(raw: str) -> tuple[str, ...]:
+    urls = tuple(url.strip() for url in raw.split(",") if url.strip())
+    for url in urls:
+        _database_url(url)
+    return urls
+
+
 def _regconfig(raw: str) -> str:
     value = raw.strip().lower()
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", value):
@@ -171,6 +178,10 @@ _SPEC: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("embeddings_timeout", "EMBEDDINGS_TIMEOUT", _float(0.1, 60)),
     ("embeddings_batch_size", "EMBEDDINGS_BATCH_SIZE", _int(1, 2048)),
     ("embeddings_max_rps", "EMBEDDINGS_MAX_RPS", _float(0.01, 10_000)),
+    # Read replicas (service/replicas.py)
+    ("database_replica_urls", "DATABASE_REPLICA_URLS", _database_urls),
+    ("replica_max_lag_ms", "REPLICA_MAX_LAG_MS", _int(0, 3_600_000)),
+    ("replica_wait_ms", "REPLICA_WAIT_MS", _int(0, 10_000)),
 )
 
 
@@ -268,6 +279,12 @@ class Settings:
     embeddings_timeout: float = 2.0
     embeddings_batch_size: int = 64
     embeddings_max_rps: float = 5.0
+    # Read replicas: streaming standbys of DATABASE_URL's server; reads with a
+    # consistency token wait up to replica_wait_ms for one to replay it, reads
+    # without one accept a replica at most replica_max_lag_ms behind.
+    database_replica_urls: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+    replica_max_lag_ms: int = 1000
+    replica_wait_ms: int = 20
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -283,6 +300,8 @@ class Settings:
             except ValueError as exc:
                 if field in ("database_url", "embeddings_url"):
                     shown = repr(redact_url(raw))
+                elif field == "database_replica_urls":
+                    shown = repr(",".join(redact_url(url) for url in raw.split(",")))
                 elif field == "embeddings_api_key":
                     shown = "[redacted]"
                 else:

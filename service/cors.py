@@ -7,8 +7,11 @@ from __future__ import annotations
 import falcon
 
 # What clients send: credentials, bodies, idempotency and preconditions.
-ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, If-Match, If-None-Match, X-Request-Id"
-EXPOSED_HEADERS = ("ETag", "Location", "Link", "Retry-After", "X-Request-Id", "Idempotent-Replayed", "WWW-Authenticate")
+ALLOWED_HEADERS = (
+    "Authorization, Consistency-Token, Content-Type, Idempotency-Key, If-Match, If-None-Match, X-Request-Id"
+)
+EXPOSED_HEADERS = ("ETag", "Location", "Link", "Retry-After", "X-Request-Id", "Idempotent-Replayed",
+                   "WWW-Authenticate", "Consistency-Token")
 
 
 class Cors(falcon.CORSMiddleware):

@@ -26,10 +26,10 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 import psycopg
@@ -42,7 +42,11 @@ from .config import Settings
 from .errors import Misconfigured, Unavailable
 from .sql import QUERIES
 
+if TYPE_CHECKING:
+    from .replicas import Replicas
+
 log = logging.getLogger("context_store")
+T = TypeVar("T")
 
 
 # The server ended the session: shutting down (57P01-57P03) or the session sat idle
@@ -140,9 +144,13 @@ class Availability:
 class Database:
     """One psycopg_pool.ConnectionPool (replaced after an outage) plus error translation."""
 
-    def __init__(self, settings: Settings, conninfo: str) -> None:
+    def __init__(self, settings: Settings, conninfo: str, *, label: str = "database",
+                 replica_urls: tuple[str, ...] = ()) -> None:
         self.settings = settings
         self.conninfo = conninfo
+        self.label = label  # what log lines call this server
+        # What requests meet while it is down: a replica's reads go to the primary.
+        self._while_down = "failing requests fast" if label == "database" else "reading from the primary"
         self._returned: weakref.WeakKeyDictionary[psycopg.Connection, float] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()  # guards the fields below
         self._probe_lock = threading.Lock()  # one probe at a time
@@ -156,6 +164,11 @@ class Database:
         )
         install_log_redaction()
         self.pool = self._new_pool()
+        self.replicas: Replicas | None = None
+        if replica_urls:
+            from .replicas import Replicas  # it builds a Database per replica
+
+            self.replicas = Replicas(settings, self, replica_urls)
 
     # --- the pool ---------------------------------------------------------------
 
@@ -265,7 +278,7 @@ class Database:
             self._next_probe = now + self.settings.probe_interval_ms / 1000
             pool = self.pool
         if first:
-            log.warning("database unavailable (%s); failing requests fast until it answers", _describe(exc))
+            log.warning("%s unavailable (%s); %s until it answers", self.label, _describe(exc), self._while_down)
             self._retire(pool)
 
     def _probe(self) -> BaseException | None:
@@ -287,7 +300,7 @@ class Database:
                     return self._down_since is None
             exc = self._probe()
             if exc is None:
-                log.warning("database connections were lost; replacing the pool")
+                log.warning("%s connections were lost; replacing the pool", self.label)
                 self._replace_pool()
                 return True
         self._went_down(exc, failed)
@@ -311,7 +324,7 @@ class Database:
                     return self.pool
             exc = self._probe()
             if exc is None:
-                log.warning("database available again after %.1f s", self._down_for() or 0.0)
+                log.warning("%s available again after %.1f s", self.label, self._down_for() or 0.0)
                 return self._replace_pool()
         finally:
             self._probe_lock.release()
@@ -333,8 +346,12 @@ class Database:
 
     def open(self, wait: bool = False) -> None:
         self.pool.open(wait=wait)
+        if self.replicas is not None:
+            self.replicas.open()
 
     def close(self) -> None:
+        if self.replicas is not None:
+            self.replicas.close()
         with self._lock:
             self._closed = True
             pool = self.pool
@@ -384,6 +401,17 @@ class Database:
             _describe_message(exc),
         )
         raise DatabaseMisconfigured("the database rejected a message on a working connection (SQLSTATE 08P01)") from exc
+
+    def read(self, statements: Callable[[psycopg.Connection], T]) -> T:
+        """statements(conn) on a replica when the deployment has them and one is
+        fresh enough for this request (service/replicas.py), else on the primary;
+        inside `transaction()`, on that transaction's connection. Only reads: a
+        replica refuses writes, and a replica's failure runs them again on the
+        primary."""
+        if self.replicas is not None and self._bound.get() is None:
+            return self.replicas.run(statements)
+        with self.connection() as conn:
+            return statements(conn)
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection]:

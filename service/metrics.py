@@ -76,6 +76,12 @@ class Instruments:
         self.slow_clients = Counter(
             "context_store_slow_client_drops", "Connections dropped for missing a client deadline"
         )
+        self.replica_reads = Counter(
+            "context_store_replica_reads",
+            "Reads of a deployment with replicas, by the server that answered and why: caught_up (a replica "
+            "had replayed far enough), behind, down or failed (the primary instead)",
+            ["served_by", "reason"],
+        )
 
 
 _instruments: Instruments | None = None
@@ -96,6 +102,11 @@ def instruments() -> Instruments:
 def count_error(kind: str) -> None:
     """kind: unavailable (503), internal (500)."""
     instruments().errors.labels(kind).inc()
+
+
+def count_read(served_by: str, reason: str) -> None:
+    """served_by: replica or primary; reason: caught_up, behind, down, failed."""
+    instruments().replica_reads.labels(served_by, reason).inc()
 
 
 def slow_client_dropped() -> None:

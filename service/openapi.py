@@ -23,6 +23,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 
 from . import __version__
 from .config import Settings
+from .replicas import LSN_PATTERN
 from .schemas import responses
 from .schemas.fields import METADATA_MARK
 from .schemas.loading import load_query
@@ -88,6 +89,11 @@ _HEADERS = {
     "Link": {"description": 'rel="next": the absolute URL of the next page, when has_more', "schema": {"type": "string"}},
     "Retry-After": {"description": "seconds", "schema": {"type": "integer"}},
     "WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}},
+    "Consistency-Token": {
+        "description": "the primary's WAL position after this write's commit, sent only by a deployment with read "
+        "replicas: send it back on reads to see this write",
+        "schema": {"type": "string", "pattern": LSN_PATTERN},
+    },
     "X-Request-Id": {"description": "the client's, echoed, or generated", "schema": {"type": "string"}},
 }
 
@@ -191,6 +197,16 @@ def _problem(code: str) -> dict[str, Any]:
     return _response(_STANDARD[code], "Problem", headers, "application/problem+json")
 
 
+CONSISTENCY_TOKEN = {
+    "in": "header",
+    "name": "Consistency-Token",
+    "required": False,
+    "schema": {"type": "string", "pattern": LSN_PATTERN},
+    "description": "a write's Consistency-Token: the read sees that write (a replica that has replayed it, "
+    "else the primary). Without it a read may lag the latest writes by up to the deployment's "
+    "REPLICA_MAX_LAG_MS when it reads from replicas",
+}
+
 REQUEST_ID = {
     "in": "header",
     "name": "X-Request-Id",
@@ -236,9 +252,13 @@ def build_spec(app: falcon.App, schemas: RequestSchemas, settings: Settings) -> 
         keyed = path.startswith("/v1/")
         if keyed:
             statuses.add("401")
+        # A write answers with a consistency token; a read takes one back.
+        reads = route.method in ("GET", "HEAD") or getattr(route.responder.__self__, "read_only", False)
+        ok_headers = doc.ok_headers if reads or not keyed else (*doc.ok_headers, "Consistency-Token")
         parameters: list[dict[str, Any]] = [
             *path_parameters,
             REQUEST_ID,
+            *((CONSISTENCY_TOKEN,) if keyed and reads else ()),
             *doc.headers,
             {"in": "query", "schema": schemas.classes[doc.query]},
         ]
@@ -247,7 +267,7 @@ def build_spec(app: falcon.App, schemas: RequestSchemas, settings: Settings) -> 
             "tags": [doc.tag],
             "summary": doc.summary,
             "parameters": parameters,
-            "responses": {doc.ok: _response(doc.summary if doc.ok == "200" else "Done", doc.ok_schema, doc.ok_headers)},
+            "responses": {doc.ok: _response(doc.summary if doc.ok == "200" else "Done", doc.ok_schema, ok_headers)},
             **doc.extra,
         }
         if keyed:

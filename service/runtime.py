@@ -240,6 +240,11 @@ def prepare_database(settings: Settings) -> str:
     global _tokenizer
     if _conninfo is not None and _tokenizer is not None:
         return _conninfo
+    if settings.database_replica_urls and settings.uses_embedded_database:
+        raise StartupError(
+            "DATABASE_REPLICA_URLS needs DATABASE_URL (the primary they stream from); the embedded database "
+            "has no replicas: unset DATABASE_REPLICA_URLS or set DATABASE_URL"
+        )
     conninfo = start_database(settings)
     check_connection(settings, conninfo)
     check_pooler_session(settings, conninfo)
@@ -268,7 +273,7 @@ def worker_app() -> falcon.App:
     configure_logging(current.log_level, current.log_format)
     conninfo = _conninfo or start_database(current)
     tokenizer = _tokenizer or load_tokenizer(current.tokenizer_encoding, current.tokenizer_load_timeout)
-    _database = Database(current, conninfo)
+    _database = Database(current, conninfo, replica_urls=current.database_replica_urls)
     _database.open()
     return create_app(current, Store.build(current, _database, tokenizer))
 

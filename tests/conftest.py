@@ -262,3 +262,47 @@ def client(app):
     import webtest
 
     return webtest.TestApp(app)
+
+
+# --- read replicas ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def standby(pg_server):
+    """A streaming standby of the session's embedded server (its own binaries,
+    a physical slot), shared by the replica tests; removed with its slot after."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        pytest.skip("the standby is made from the embedded server's data folder; TEST_DATABASE_URL names another")
+    from standby import Standby
+
+    admin = _conninfo(pg_server.host, pg_server.port, pg_server.user, pg_server.maintenance_dbname, pg_server.password)
+    made = Standby.create(str(pg_server.host), pg_server.port, pg_server.user, "cs_tests_standby")
+    try:
+        yield made
+    finally:
+        made.destroy(admin)
+
+
+@pytest.fixture
+def replica_conninfo(standby, postgresql, direct_conninfo) -> str:
+    """The test's database on the standby, once the standby has replayed its creation."""
+    standby.catch_up(direct_conninfo)
+    return standby.conninfo(postgresql.info.dbname)
+
+
+@pytest.fixture
+def replica_settings(settings) -> Settings:
+    """The test's settings with a lag bound long enough that a paused standby
+    still counts as fresh for the length of a test, and a short wait."""
+    import dataclasses
+
+    return dataclasses.replace(settings, replica_max_lag_ms=60_000, replica_wait_ms=20)
+
+
+@pytest.fixture
+def replicated_db(replica_settings, replica_conninfo):
+    """A Database that reads from the standby."""
+    database = Database(replica_settings, replica_settings.database_url, replica_urls=(replica_conninfo,))
+    database.open(wait=True)
+    yield database
+    database.close()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from ..config import Settings
 from ..db import Database
+from ..replicas import Replicas
 from ..embeddings import Embedder
 from ..tokens import Tokenizer
 from .contexts import Contexts
@@ -27,6 +28,7 @@ class Store:
     keys: Keys
     idempotency: Idempotency
     search: Search
+    replicas: Replicas | None = None  # the database's standbys, when it reads from some
 
     @classmethod
     def build(cls, settings: Settings, db: Database, tokenizer: Tokenizer) -> Store:
@@ -41,4 +43,5 @@ class Store:
             search=Search(db, dim=settings.embedding_dim, text_search_config=settings.text_search_config,
                           exact_max=settings.search_exact_max, ef_search=settings.search_ef_search,
                           max_scan_tuples=settings.search_max_scan_tuples, embedder=embedder),
+            replicas=db.replicas,
         )

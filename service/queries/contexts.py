@@ -57,8 +57,9 @@ class Contexts:
             as_of: datetime | None = None) -> Row:
         """The context as of a version or a time: head_version and total_tokens are
         those of the viewed version."""
-        with self.db.connection() as conn:
-            row = QUERIES.get_context.run(conn, id=context_id, tenant=tenant, as_of_version=as_of_version, as_of=as_of)
+        row = self.db.read(lambda conn: QUERIES.get_context.run(
+            conn, id=context_id, tenant=tenant, as_of_version=as_of_version, as_of=as_of
+        ))
         return check_view(row, context_id)
 
     def list(self, tenant: str, *, limit: int, after: tuple[datetime, UUID] | None = None,
@@ -67,11 +68,11 @@ class Contexts:
         optionally only those whose metadata contains `metadata`."""
         after_created_at, after_id = after or FIRST_PAGE
         params = {"tenant": tenant, "limit": limit + 1, "after_created_at": after_created_at, "after_id": after_id}
-        with self.db.connection() as conn:
-            if metadata is None:
-                rows = QUERIES.list_contexts.run(conn, **params)
-            else:
-                rows = QUERIES.list_contexts_by_metadata.run(conn, metadata=orjson.dumps(metadata).decode(), **params)
+        if metadata is None:
+            rows = self.db.read(lambda conn: QUERIES.list_contexts.run(conn, **params))
+        else:
+            filter_ = orjson.dumps(metadata).decode()
+            rows = self.db.read(lambda conn: QUERIES.list_contexts_by_metadata.run(conn, metadata=filter_, **params))
         if len(rows) <= limit:
             return ContextPage(rows, None)
         rows = rows[:limit]

@@ -90,10 +90,9 @@ class Messages:
 
     def get(self, tenant: str, context_id: UUID, version: int, *, include_embedding: bool = False) -> Message:
         """One message of the context's view by version."""
-        with self.db.connection() as conn:
-            row = QUERIES.get_message.run(
-                conn, tenant=tenant, context_id=context_id, version=version, include_embedding=include_embedding
-            )
+        row = self.db.read(lambda conn: QUERIES.get_message.run(
+            conn, tenant=tenant, context_id=context_id, version=version, include_embedding=include_embedding
+        ))
         if row["status"] == "missing":
             raise missing(context_id)
         if row["status"] == "no_version":
@@ -106,34 +105,32 @@ class Messages:
         """A keyset page of the view (as of a version or time): at most limit
         messages after `after` and before `before`, in version order or reversed."""
         statement = QUERIES.list_messages_desc if descending else QUERIES.list_messages_asc
-        with self.db.connection() as conn:
-            row = statement.run(
-                conn,
-                tenant=tenant,
-                context_id=context_id,
-                limit=limit,
-                after=after or 0,
-                before=MAX_VERSION if before is None else before,
-                as_of_version=as_of_version,
-                as_of=as_of,
-                include_embedding=include_embedding,
-            )
+        row = self.db.read(lambda conn: statement.run(
+            conn,
+            tenant=tenant,
+            context_id=context_id,
+            limit=limit,
+            after=after or 0,
+            before=MAX_VERSION if before is None else before,
+            as_of_version=as_of_version,
+            as_of=as_of,
+            include_embedding=include_embedding,
+        ))
         check_view(row, context_id)
         return MessagePage(row["view_version"], row["data"], row["has_more"], row["last_version"])
 
     def window(self, tenant: str, context_id: UUID, *, max_tokens: int, pin_system: bool = False,
                as_of_version: int | None = None, as_of: datetime | None = None) -> Window:
         """The most recent messages of the view that fit max_tokens (see cs_window_v1)."""
-        with self.db.connection() as conn:
-            row = QUERIES.get_window.run(
-                conn,
-                tenant=tenant,
-                context_id=context_id,
-                max_tokens=max_tokens,
-                pin_system=pin_system,
-                as_of_version=as_of_version,
-                as_of=as_of,
-            )
+        row = self.db.read(lambda conn: QUERIES.get_window.run(
+            conn,
+            tenant=tenant,
+            context_id=context_id,
+            max_tokens=max_tokens,
+            pin_system=pin_system,
+            as_of_version=as_of_version,
+            as_of=as_of,
+        ))
         check_view(row, context_id)
         return Window(
             row["view_version"], row["data"], row["token_count"], row["from_version"], row["to_version"],

@@ -111,17 +111,21 @@ class Search:
         """The best k messages of the context's view (as of a version or a time):
         a fork sees what it inherited up to its fork point and its own messages."""
         embedding, mode = self._plan(query, embedding)
-        with self.db.connection() as conn, conn.transaction():
-            row = QUERIES.get_search_view.run(
-                conn, tenant=tenant, context_id=context_id, as_of_version=as_of_version, as_of=as_of
-            )
-            if row["status"] == "missing":
-                raise missing(context_id)
-            if row["status"] == "past_head":
-                raise Invalid.pointer("/as_of_version", f"The version is past the head ({row['view_version']}).")
-            scope = Scope(row["ids"] or [], row["los"] or [], row["his"] or [],
-                          exact=row["view_version"] <= self.exact_max)
-            return self._run(conn, scope, query, embedding, mode, k, roles)
+
+        def search(conn: psycopg.Connection) -> SearchResult:
+            with conn.transaction():
+                row = QUERIES.get_search_view.run(
+                    conn, tenant=tenant, context_id=context_id, as_of_version=as_of_version, as_of=as_of
+                )
+                if row["status"] == "missing":
+                    raise missing(context_id)
+                if row["status"] == "past_head":
+                    raise Invalid.pointer("/as_of_version", f"The version is past the head ({row['view_version']}).")
+                scope = Scope(row["ids"] or [], row["los"] or [], row["his"] or [],
+                              exact=row["view_version"] <= self.exact_max)
+                return self._run(conn, scope, query, embedding, mode, k, roles)
+
+        return self.db.read(search)
 
     def in_tenant(self, tenant: str, *, query: str | None, embedding: list[float] | None, k: int,
                   roles: list[str] | None = None, metadata: dict[str, Any] | None = None) -> SearchResult:
@@ -131,11 +135,15 @@ class Search:
         inherited the message)."""
         embedding, mode = self._plan(query, embedding)
         filter_ = None if metadata is None else orjson.dumps(metadata).decode()
-        with self.db.connection() as conn, conn.transaction():
-            row = QUERIES.get_search_reach.run(conn, tenant=tenant, metadata=filter_)
-            scope = Scope(row["ids"], row["los"], row["his"], exact=row["size"] <= self.exact_max, tenant=tenant,
-                          metadata=filter_, cut_ids=row["cut_ids"], cut_his=row["cut_his"])
-            return self._run(conn, scope, query, embedding, mode, k, roles)
+
+        def search(conn: psycopg.Connection) -> SearchResult:
+            with conn.transaction():
+                row = QUERIES.get_search_reach.run(conn, tenant=tenant, metadata=filter_)
+                scope = Scope(row["ids"], row["los"], row["his"], exact=row["size"] <= self.exact_max, tenant=tenant,
+                              metadata=filter_, cut_ids=row["cut_ids"], cut_his=row["cut_his"])
+                return self._run(conn, scope, query, embedding, mode, k, roles)
+
+        return self.db.read(search)
 
     def _plan(self, query: str | None, embedding: list[float] | None) -> tuple[list[float] | None, str]:
         """The query embedding and the mode: a text query alone is embedded by the

@@ -24,6 +24,8 @@ def _document(result: SearchResult) -> dict:
 
 
 class InContext:
+    read_only = True  # a POST that writes nothing: no consistency token
+
     def __init__(self, search: Search, schemas: RequestSchemas, read_body: BodyReader) -> None:
         self.search = search
         self.schemas = schemas
@@ -45,6 +47,8 @@ class InContext:
 
 
 class InTenant:
+    read_only = True
+
     def __init__(self, search: Search, schemas: RequestSchemas, read_body: BodyReader) -> None:
         self.search = search
         self.schemas = schemas

@@ -118,6 +118,11 @@ def test_from_env_reads_os_environ_when_no_mapping_is_given(monkeypatch):
         ("CORS_ALLOW_ORIGINS", "https://a.example", "cors_allow_origins", ("https://a.example",)),
         ("DB_POOLER", "pgbouncer-transaction", "db_pooler", "pgbouncer-transaction"),
         ("DB_POOLER", " None ", "db_pooler", "none"),
+        ("DATABASE_REPLICA_URLS", "postgresql://r1/x, postgresql://r2/x", "database_replica_urls",
+         ("postgresql://r1/x", "postgresql://r2/x")),
+        ("DATABASE_REPLICA_URLS", " ", "database_replica_urls", ()),
+        ("REPLICA_MAX_LAG_MS", "0", "replica_max_lag_ms", 0),
+        ("REPLICA_WAIT_MS", "250", "replica_wait_ms", 250),
     ],
 )
 def test_each_variable_is_parsed_into_its_field(variable, raw, field, expected):
@@ -184,6 +189,9 @@ def test_every_variable_of_the_table_is_exercised_by_the_parsing_test():
         ("EMBEDDINGS_TIMEOUT", "0"),
         ("EMBEDDINGS_BATCH_SIZE", "0"),
         ("EMBEDDINGS_MAX_RPS", "0"),
+        ("DATABASE_REPLICA_URLS", "postgresql://r1/x,mysql://r2/x"),
+        ("REPLICA_MAX_LAG_MS", "-1"),
+        ("REPLICA_WAIT_MS", "10001"),
     ],
 )
 def test_a_bad_value_raises_config_error_naming_the_variable(variable, raw):
@@ -192,6 +200,14 @@ def test_a_bad_value_raises_config_error_naming_the_variable(variable, raw):
     assert isinstance(info.value, ValueError)
     # One line, fit for the CLI to print as is.
     assert "\n" not in str(info.value)
+
+
+def test_a_bad_replica_list_is_quoted_with_every_password_redacted():
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"DATABASE_REPLICA_URLS": "postgresql://a:p1@h/x,mysql://b:p2@h2/x"})
+    assert str(info.value) == (
+        "invalid DATABASE_REPLICA_URLS='postgresql://a:***@h/x,mysql://b:***@h2/x': expected a postgresql:// URL"
+    )
 
 
 def test_config_error_message_quotes_the_bad_value_and_the_expectation():
@@ -348,6 +364,9 @@ def test_each_listed_variable_changes_its_setting():
         "EMBEDDINGS_BATCH_SIZE": "8",
         "EMBEDDINGS_MAX_RPS": "1",
         "DB_POOLER": "pgbouncer-transaction",
+        "DATABASE_REPLICA_URLS": "postgresql://replica/x",
+        "REPLICA_MAX_LAG_MS": "500",
+        "REPLICA_WAIT_MS": "5",
     }
     assert sorted(samples) == sorted(name for name, _ in variables())
     default = Settings()
