@@ -179,7 +179,7 @@ class Replicas:
     def _catch_up(self, conn: psycopg.Connection, member: Replica, token: int) -> bool:
         """Whether the replica replays past token within the wait, polling on conn."""
         deadline = time.monotonic() + self.wait
-        pause = 0.0005
+        pause = 0.0002
         while True:
             text = QUERIES.replay_position.run(conn)
             if text is None:  # promoted meanwhile
