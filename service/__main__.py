@@ -47,8 +47,12 @@ def _migrate(settings: Settings) -> int:
 
     runtime.configure_logging(settings.log_level, settings.log_format)
     try:
-        conninfo = runtime.start_database(settings)
-        runtime.check_connection(settings, conninfo)
+        if settings.database_migration_url is not None and settings.database_url is not None:
+            # Only the migration URL is used (DATABASE_URL may be a pooler).
+            conninfo = runtime.migration_conninfo(settings, settings.database_url)
+        else:
+            conninfo = runtime.start_database(settings)  # refuses DATABASE_MIGRATION_URL alone
+            runtime.check_connection(settings, conninfo)
         applied = runtime.apply_migrations(conninfo)
     except runtime.StartupError as exc:
         return runtime.report_startup_error(exc)

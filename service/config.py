@@ -182,6 +182,7 @@ _SPEC: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("database_replica_urls", "DATABASE_REPLICA_URLS", _database_urls),
     ("replica_max_lag_ms", "REPLICA_MAX_LAG_MS", _int(0, 3_600_000)),
     ("replica_wait_ms", "REPLICA_WAIT_MS", _int(0, 10_000)),
+    ("database_migration_url", "DATABASE_MIGRATION_URL", _database_url),
 )
 
 
@@ -285,6 +286,9 @@ class Settings:
     database_replica_urls: tuple[str, ...] = dataclasses.field(default=(), repr=False)
     replica_max_lag_ms: int = 1000
     replica_wait_ms: int = 20
+    # Where migrations run when DATABASE_URL is not the place: a direct connection
+    # (not a transaction pooler) as the schema's owner.
+    database_migration_url: str | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -298,7 +302,7 @@ class Settings:
             try:
                 values[field] = parse(raw)
             except ValueError as exc:
-                if field in ("database_url", "embeddings_url"):
+                if field in ("database_url", "embeddings_url", "database_migration_url"):
                     shown = repr(redact_url(raw))
                 elif field == "database_replica_urls":
                     shown = repr(",".join(redact_url(url) for url in raw.split(",")))

@@ -106,26 +106,27 @@ def _target(conninfo: str) -> str:
     return f"database {parts.get('dbname') or user} on {where} as user {user}"
 
 
-def check_connection(settings: Settings, conninfo: str) -> None:
-    """Connect once; raise StartupError saying where and why when that fails."""
+def check_connection(settings: Settings, conninfo: str, variable: str = "DATABASE_URL") -> None:
+    """Connect once; raise StartupError saying where and why when that fails
+    (`variable`: the setting the URL came from)."""
     try:
         with psycopg.connect(conninfo, connect_timeout=settings.connect_timeout, autocommit=True):
             return
     except psycopg.ProgrammingError as exc:
         # libpq cannot parse it (an unclosed bracket, an unknown parameter):
         # its reason may quote the URL, hence redacted.
-        raise StartupError(f"DATABASE_URL is not a connection URL libpq accepts ({failure_reason(exc)}): correct it") from exc
+        raise StartupError(f"{variable} is not a connection URL libpq accepts ({failure_reason(exc)}): correct it") from exc
     except psycopg.OperationalError as exc:
         # No pgconn when psycopg itself gave up (connect_timeout).
         pgconn = exc.pgconn
         if pgconn is not None and pgconn.needs_password:
             raise StartupError(
-                f"cannot log in to {_target(conninfo)}: the server asks for a password and DATABASE_URL "
-                "gives none; add it to DATABASE_URL"
+                f"cannot log in to {_target(conninfo)}: the server asks for a password and {variable} "
+                f"gives none; add it to {variable}"
             ) from exc
         raise StartupError(
             f"cannot connect to {_target(conninfo)} ({failure_reason(exc)}): check that the server is running and "
-            "DATABASE_URL's host, port, user, password and database name"
+            f"{variable}'s host, port, user, password and database name"
         ) from exc
 
 
@@ -205,6 +206,14 @@ def _database_error(exc: psycopg.Error, conninfo: str, doing: str) -> StartupErr
     )
 
 
+def migration_conninfo(settings: Settings, conninfo: str) -> str:
+    """Where migrations run: DATABASE_MIGRATION_URL (checked here) when set, else conninfo."""
+    if settings.database_migration_url is None:
+        return conninfo
+    check_connection(settings, settings.database_migration_url, "DATABASE_MIGRATION_URL")
+    return settings.database_migration_url
+
+
 def apply_migrations(conninfo: str) -> list[str]:
     """migrate(), its failures as StartupError (edited migrations exit 1, what the
     operator can fix exits 2)."""
@@ -219,8 +228,17 @@ def apply_migrations(conninfo: str) -> list[str]:
 
 
 def start_database(settings: Settings) -> str:
-    """The URL to use: DATABASE_URL, or the embedded server's (started or joined)."""
+    """The URL to use: DATABASE_URL, or the embedded server's (started or joined).
+    Settings that only make sense with DATABASE_URL are refused without it."""
     global _embedded, _conninfo
+    if settings.uses_embedded_database:
+        for variable, value in (("DATABASE_REPLICA_URLS", settings.database_replica_urls),
+                                ("DATABASE_MIGRATION_URL", settings.database_migration_url)):
+            if value:
+                raise StartupError(
+                    f"{variable} needs DATABASE_URL (the server it belongs with); the embedded database is "
+                    f"the service's own: unset {variable} or set DATABASE_URL"
+                )
     if settings.database_url is not None:
         _conninfo = settings.database_url
     else:
@@ -240,16 +258,11 @@ def prepare_database(settings: Settings) -> str:
     global _tokenizer
     if _conninfo is not None and _tokenizer is not None:
         return _conninfo
-    if settings.database_replica_urls and settings.uses_embedded_database:
-        raise StartupError(
-            "DATABASE_REPLICA_URLS needs DATABASE_URL (the primary they stream from); the embedded database "
-            "has no replicas: unset DATABASE_REPLICA_URLS or set DATABASE_URL"
-        )
     conninfo = start_database(settings)
     check_connection(settings, conninfo)
     check_pooler_session(settings, conninfo)
     if settings.migrate_on_start:
-        applied = apply_migrations(conninfo)
+        applied = apply_migrations(migration_conninfo(settings, conninfo))
         log.info("migrations: %s", ", ".join(applied) if applied else "up to date")
     else:
         check_schema(conninfo)

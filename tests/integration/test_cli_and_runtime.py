@@ -100,6 +100,34 @@ def test_migrate_command_applies_then_reports_up_to_date(monkeypatch, capsys, em
     assert _schema_versions(empty_url) == VERSIONS
 
 
+def test_migrate_command_runs_on_the_migration_url_without_touching_database_url(monkeypatch, capsys, empty_url,
+                                                                                 tmp_path):
+    # DATABASE_URL names no server at all: only DATABASE_MIGRATION_URL may be used.
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://nobody@/x?host={tmp_path}&port=1")
+    monkeypatch.setenv("DATABASE_MIGRATION_URL", empty_url)
+    assert main(["migrate"]) == 0
+    assert capsys.readouterr().out == "applied: " + ", ".join(NAMES) + "\n"
+    assert _schema_versions(empty_url) == VERSIONS
+
+
+def test_a_migration_url_it_cannot_reach_is_named_in_the_error(monkeypatch, capsys, empty_url, tmp_path):
+    monkeypatch.setenv("DATABASE_URL", empty_url)
+    monkeypatch.setenv("DATABASE_MIGRATION_URL", f"postgresql://nobody@/x?host={tmp_path}&port=1")
+    assert main(["migrate"]) == 2
+    err = capsys.readouterr().err
+    assert "DATABASE_MIGRATION_URL's host, port" in err
+    assert _schema_versions(empty_url) == []
+
+
+@pytest.mark.parametrize("variable", ["DATABASE_MIGRATION_URL", "DATABASE_REPLICA_URLS"])
+def test_settings_of_a_database_server_without_database_url_are_refused(monkeypatch, capsys, variable):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv(variable, "postgresql://elsewhere/x")
+    assert main(["migrate"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"context-store: {variable} needs DATABASE_URL")
+
+
 @pytest.mark.parametrize("command", ["serve", "migrate"])
 def test_a_bad_environment_value_exits_2_with_one_line_naming_the_variable(monkeypatch, capsys, command):
     monkeypatch.setenv("PORT", "abc")
@@ -126,6 +154,15 @@ def test_prepare_database_with_a_url_migrates_it(empty_url):
     assert runtime.prepare_database(Settings(database_url=empty_url)) == empty_url
     assert _schema_versions(empty_url) == VERSIONS
     assert runtime._embedded is None
+
+
+def test_prepare_database_migrates_where_the_migration_url_points(migrated_url, empty_url):
+    # The service's URL already holds a current schema; the migration URL names
+    # another (empty) database: that is the one migrated, as the start is told.
+    assert runtime.prepare_database(Settings(database_url=migrated_url, database_migration_url=empty_url)) == (
+        migrated_url
+    )
+    assert _schema_versions(empty_url) == VERSIONS
 
 
 def test_prepare_database_leaves_the_schema_alone_and_refuses_a_schema_behind_when_migrate_on_start_is_off(

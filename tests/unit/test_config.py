@@ -123,6 +123,7 @@ def test_from_env_reads_os_environ_when_no_mapping_is_given(monkeypatch):
         ("DATABASE_REPLICA_URLS", " ", "database_replica_urls", ()),
         ("REPLICA_MAX_LAG_MS", "0", "replica_max_lag_ms", 0),
         ("REPLICA_WAIT_MS", "250", "replica_wait_ms", 250),
+        ("DATABASE_MIGRATION_URL", "postgresql://owner@db/cs", "database_migration_url", "postgresql://owner@db/cs"),
     ],
 )
 def test_each_variable_is_parsed_into_its_field(variable, raw, field, expected):
@@ -192,6 +193,7 @@ def test_every_variable_of_the_table_is_exercised_by_the_parsing_test():
         ("DATABASE_REPLICA_URLS", "postgresql://r1/x,mysql://r2/x"),
         ("REPLICA_MAX_LAG_MS", "-1"),
         ("REPLICA_WAIT_MS", "10001"),
+        ("DATABASE_MIGRATION_URL", "http://db/cs"),
     ],
 )
 def test_a_bad_value_raises_config_error_naming_the_variable(variable, raw):
@@ -367,6 +369,7 @@ def test_each_listed_variable_changes_its_setting():
         "DATABASE_REPLICA_URLS": "postgresql://replica/x",
         "REPLICA_MAX_LAG_MS": "500",
         "REPLICA_WAIT_MS": "5",
+        "DATABASE_MIGRATION_URL": "postgresql://owner@db/x",
     }
     assert sorted(samples) == sorted(name for name, _ in variables())
     default = Settings()
