@@ -46,8 +46,9 @@ def test_reads_refusals_and_searches_carry_no_token(replicated):
         assert "Consistency-Token" not in response.headers
 
 
-def test_a_read_with_the_token_sees_the_write_while_the_replica_lags(replicated, standby):
+def test_a_read_with_the_token_sees_the_write_while_the_replica_lags(replicated, standby, direct_conninfo):
     cid = replicated.post_json("/v1/contexts", {"metadata": {}}, status=201).json["id"]
+    standby.catch_up(direct_conninfo)  # the context exists on the standby; its messages will not
     standby.pause_replay()
     try:
         appended = replicated.post_json(

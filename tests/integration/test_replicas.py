@@ -77,10 +77,11 @@ def test_a_read_with_a_token_sees_the_write_it_names(fresh, replica_settings, to
 
 
 def test_a_token_the_replica_has_not_replayed_is_served_by_the_primary_after_the_wait(
-    fresh, standby, replica_settings, tokenizer, token
+    fresh, standby, replica_settings, tokenizer, token, direct_conninfo
 ):
     store = Store.build(replica_settings, fresh, tokenizer)
     context = store.contexts.create("default", {})
+    standby.catch_up(direct_conninfo)  # the context exists on the standby; its message will not
     standby.pause_replay()
     try:
         store.messages.append("default", context["id"], [{"role": "user", "content": "hi"}])
