@@ -161,6 +161,13 @@ def test_a_server_not_in_recovery_serves_no_replica_reads(replica_settings, dire
             # ask which pool it came from.
             picked, why = db.replicas._choose(None)
             assert picked is None and why == "down"
+            db.replicas.check()  # found so again: said once
+            assert not member.standby
+            # A read with a token that meets it (before a check noticed) goes to the primary.
+            member.standby = True
+            with member.db.connection() as conn:
+                assert db.replicas._catch_up(conn, member, 1) is False
+            assert not member.standby
         finally:
             db.close()
     assert caplog.text.count("replica 1 is not in recovery") == 1
@@ -196,3 +203,19 @@ def test_inside_a_transaction_reads_use_its_connection(fresh):
 def test_no_token_when_the_primary_cannot_say(replicated_db):
     replicated_db.pool.close()
     assert replicated_db.replicas.write_position() is None
+
+
+def test_an_outage_of_the_primary_leaves_the_replicas_freshness_as_it_was(fresh):
+    member = fresh.replicas.members[0]
+    fresh.replicas._stop.set()  # no monitor check in between
+    fresh.replicas._monitor.join(5)
+    before = member.fresh_at
+    fresh.pool.close()
+    fresh.replicas.check()
+    assert member.fresh_at == before
+
+
+def test_replicas_never_opened_close_cleanly(replica_settings, replica_conninfo):
+    db = Database(replica_settings, replica_settings.database_url, replica_urls=(replica_conninfo,))
+    db.close()
+    assert db.replicas._monitor is None

@@ -87,3 +87,28 @@ def test_without_replicas_a_token_is_accepted_and_none_is_sent(client):
     assert "Consistency-Token" not in created.headers
     read = client.get(f"/v1/contexts/{created.json['id']}", headers={"Consistency-Token": "FFFF/0"}, status=200)
     assert read.json["id"] == created.json["id"]
+
+
+def test_a_write_stands_when_the_primary_cannot_give_its_token(replica_settings, replicated_db, tokenizer, caplog):
+    # The primary answered the write, then not the position: the write is
+    # acknowledged (never turned into an error a client would retry), tokenless.
+    store = Store.build(replica_settings, replicated_db, tokenizer)
+    replicas = store.replicas
+    app = webtest.TestApp(create_app(replica_settings, store))
+    cid = app.post_json("/v1/contexts", {"metadata": {}}, status=201).json["id"]
+    original = replicas.write_position
+
+    def lost() -> None:
+        replicas.primary.pool.close()
+        try:
+            return original()
+        finally:
+            replicas.primary.pool = replicas.primary._new_pool()
+            replicas.primary.pool.open(wait=True)
+
+    replicas.write_position = lost
+    appended = app.post_json(f"/v1/contexts/{cid}/messages", {"messages": [{"role": "user", "content": "a"}]},
+                             status=201)
+    assert "Consistency-Token" not in appended.headers
+    assert "no consistency token for a committed write" in caplog.text
+    assert app.get(f"/v1/contexts/{cid}", status=200).json["head_version"] == 1
