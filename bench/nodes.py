@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from array import array
@@ -489,9 +490,20 @@ def summary(cells: list[Cell]) -> list[dict[str, Any]]:
                 "rounds_rps": [round(c.rps) for c in mine],
             }
         row["rps_ratio"] = row["b"]["rps"] / row["a"]["rps"] if row["a"]["rps"] else float("nan")
+        # each round's (a) and (b) ran back to back: their ratio is the paired comparison
+        by_round: dict[int, dict[str, Cell]] = {}
+        for c in cells:
+            if (c.load, c.clients) == (load, clients):
+                by_round.setdefault(c.round, {})[c.topology] = c
+        row["round_ratios"] = [pair["b"].rps / pair["a"].rps for _, pair in sorted(by_round.items())
+                               if len(pair) == 2 and pair["a"].rps]
         row["p99_ratio"] = row["b"]["p99_ms"] / row["a"]["p99_ms"] if row["a"]["p99_ms"] else float("nan")
         rows.append(row)
     return rows
+
+
+def _paragraph(text: str) -> str:
+    return textwrap.fill(text, width=88, break_long_words=False, break_on_hyphens=False)
 
 
 def render(args: argparse.Namespace, info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
@@ -499,35 +511,38 @@ def render(args: argparse.Namespace, info: dict[str, Any], rows: list[dict[str, 
     lines = [
         SECTION,
         "",
-        f"Measured {info['started']} with `{info['command']}`: {m.get('cores')} cores ({m.get('cpu')}), "
-        f"load average before the run {info['load_before']}. One embedded PostgreSQL, one PgBouncer "
-        f"{info['pgbouncer']} (transaction mode, default_pool_size {args.pool_size}, on loopback), two "
-        f"`serve` nodes of {args.workers} gunicorn workers each ({info['threads']} threads, DB_POOL_MAX_SIZE "
-        f"{info['pool_max']}) with DB_POOLER=pgbouncer-transaction. (a): every client on node 1; (b): client i "
-        f"on node 1 + i % 2. Each client is its own process with one keep-alive connection; {args.rounds} "
-        f"rounds of (a, b) per row, {args.duration:g} s a cell, the topology that goes first alternating. "
-        f"Reads on a context of {args.size:,} messages; appends 1 message to a fresh context per client; "
-        f"mixed: client i runs get, window 2k, append 1 by i % 3. Medians over the rounds.",
+        _paragraph(
+            f"Measured {info['started']} with `{info['command']}`: {m.get('cores')} cores ({m.get('cpu')}), "
+            f"load average before the run {info['load_before']}. One embedded PostgreSQL, one PgBouncer "
+            f"{info['pgbouncer']} (transaction mode, default_pool_size {args.pool_size}, on loopback), two "
+            f"`serve` nodes of {args.workers} gunicorn workers each ({info['threads']} threads, DB_POOL_MAX_SIZE "
+            f"{info['pool_max']}) with DB_POOLER=pgbouncer-transaction. (a): every client on node 1; (b): client i "
+            f"on node 1 + i % 2. Each client is its own process with one keep-alive connection; {args.rounds} "
+            f"rounds of (a, b) per row, {args.duration:g} s a cell, the topology that goes first alternating. "
+            f"Reads on a context of {args.size:,} messages; appends 1 message to a fresh context per client; "
+            f"mixed: client i runs get, window 2k, append 1 by i % 3. Medians over the rounds."),
         "",
         "| load | clients | (a) req/s | (b) req/s | b/a req/s | (a) p50 ms | (b) p50 ms | (a) p99 ms | (b) p99 ms "
-        "| b/a p99 | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| b/a p99 | b/a req/s, each round | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for row in rows:
         a, b = row["a"], row["b"]
         lines.append(
             f"| {row['load']} | {row['clients']} | {a['rps']:,.0f} | {b['rps']:,.0f} | {row['rps_ratio']:.2f} "
             f"| {a['p50_ms']:.2f} | {b['p50_ms']:.2f} | {a['p99_ms']:.2f} | {b['p99_ms']:.2f} "
-            f"| {row['p99_ratio']:.2f} | {a['errors'] + b['errors']} |")
+            f"| {row['p99_ratio']:.2f} | {' '.join(f'{r:.2f}' for r in row['round_ratios'])} "
+            f"| {a['errors'] + b['errors']} |")
     lines += [
         "",
-        "Where the CPU goes: cores used during the cell by each group of processes (psutil, user + system; "
-        "\"rest of machine\" is every other process, other sessions included; 2.00 is the whole machine), "
-        "CPU of the serving side (nodes, PgBouncer, PostgreSQL) per request, and PgBouncer's view: clients "
-        f"waiting for a server connection (SHOW POOLS every {args.sample_interval:g} s: the largest over the "
-        "rounds / the median of the per-cell means), server connections in a transaction (mean), and per "
-        "transaction the time queued and the time from its first statement to its end (SHOW STATS over the "
-        "cell). Medians over the rounds.",
+        _paragraph(
+            "Where the CPU goes: cores used during the cell by each group of processes (psutil, user + system; "
+            "\"rest of machine\" is every other process, other sessions included; 2.00 is the whole machine), "
+            "CPU of the serving side (nodes, PgBouncer, PostgreSQL) per request, and PgBouncer's view: clients "
+            f"waiting for a server connection (SHOW POOLS every {args.sample_interval:g} s: the largest over the "
+            "rounds / the median of the per-cell means), server connections in a transaction (mean), and per "
+            "transaction the time queued and the time from its first statement to its end (SHOW STATS over the "
+            "cell). Medians over the rounds."),
         "",
         "| load | clients | topo | node 1 | node 2 | pgbouncer | postgres | load gen | rest of machine | all "
         "| serving CPU ms/req | cl_waiting max / mean | sv_active | wait µs/xact | xact µs |",
