@@ -1,6 +1,6 @@
 """Many nodes through one PgBouncer: one `serve` against two, on one database.
 
-    python -m bench.nodes                    # about 6 minutes on 2 cores
+    python -m bench.nodes                    # about 7 minutes on 2 cores
     python -m bench.nodes --write-results    # also writes its section of bench/RESULTS.md
 
 One embedded PostgreSQL, one PgBouncer 1.18 in transaction mode on loopback in front
