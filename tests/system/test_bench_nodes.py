@@ -26,7 +26,6 @@ def _refused(port: int) -> bool:
 
 
 def test_one_node_against_two_through_one_pgbouncer(tmp_path):
-    pytest.importorskip("psutil", reason="bench.nodes needs the bench extra (pip install -e '.[bench]')")
     if not (shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin:/usr/local/sbin")):
         pytest.skip("no pgbouncer executable (apt-get install pgbouncer)")
     out = tmp_path / "nodes.json"
