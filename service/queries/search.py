@@ -96,7 +96,7 @@ class Search:
     def __init__(self, db: Database, *, dim: int, text_search_config: str, exact_max: int, ef_search: int,
                  max_scan_tuples: int, embedder: Embedder | None, roots: Roots | None = None) -> None:
         self.db = db
-        self.roots = roots or Roots()
+        self.roots = Roots() if roots is None else roots
         self.dim = dim
         self.configured_text_config = text_search_config
         self._text_config: str | None = None
