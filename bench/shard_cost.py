@@ -9,8 +9,8 @@ into the tables), then:
 - storage: pg_total_relation_size of messages (heap, TOAST, every index) per
   million messages, and per thousand contexts for contexts (+ context_roots);
 - latency: the p50 of an append of one message and of a 2000-token window through
-  each store (Store.messages.append / .window), calls alternating between the two
-  stores so that both see the same machine; the 0007 store with its root cache warm
+  each store (Store.messages.append / .window), calls interleaved between the two
+  stores in a shuffled order each round so that both see the same machine; the 0007 store with its root cache warm
   (the common case) and emptied before every call (a miss: one more lookup);
 - the backfill: how long migrating the filled 0006 database to 0007 takes.
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -217,9 +218,12 @@ def main(argv: list[str] | None = None) -> int:
                 for call in calls.values():
                     call()
             log(f"timing {args.calls} calls of each kind, alternating")
+            order = list(calls)
+            shuffle = random.Random(7).shuffle
             for _ in range(args.calls):
-                for key, call in calls.items():
-                    samples[key].append(timed(call))
+                shuffle(order)  # no store always goes first, or always after a write
+                for key in order:
+                    samples[key].append(timed(calls[key]))
         finally:
             old_db.close()
             new_db.close()
@@ -264,13 +268,15 @@ def report(messages: int, n_contexts: int, old: dict[str, int], new: dict[str, i
     print(f"\nmigrating the filled 0006 database to 0007: {backfill_s:.1f} s "
           f"({backfill_s * scale:.0f} s per million messages); messages (total) afterwards "
           f"{per_million(migrated['messages (total)'])} (the backfill's dead rows until VACUUM)")
-    print("\nlatency through the store, p50 (ms), calls alternating")
+    print("\nlatency through the store (ms), calls interleaved in a shuffled order each round")
     for op in ("append", "window"):
         base = p50_ms(samples[(op, "0006")])
         for key in [k for k in samples if k[0] == op]:
             p50 = p50_ms(samples[key])
+            # Calls of one round ran back to back: the median of their ratios pairs them.
+            paired = statistics.median(b / a for a, b in zip(samples[(op, "0006")], samples[key]))
             print(f"  {op:7} {key[1]:10} p50 {p50:7.3f}  p90 {statistics.quantiles(samples[key], n=10)[-1] * 1000:7.3f}"
-                  f"  vs 0006 {p50 / base - 1:+6.1%}")
+                  f"  p50 vs 0006 {p50 / base - 1:+6.1%}  paired ratio {paired:5.3f}")
 
 
 if __name__ == "__main__":
