@@ -33,9 +33,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 import psycopg
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     server = EmbeddedPostgres(home)
     databases = []
     try:
-        base = import_base(args.base or base_ref(), home)
+        import_base(args.base or base_ref(), home)
         admin = server.start()
         old_url, new_url = (create_database(admin, f"shard_cost_{tag}") for tag in ("0006", "0007"))
         databases = [old_url, new_url]
@@ -170,29 +171,18 @@ def main(argv: list[str] | None = None) -> int:
         fill(new_url, contexts, with_root=True)
         old_sizes, new_sizes = sizes(old_url), sizes(new_url)
 
-        from service.config import Settings
-        from service.db import Database
-        from service.queries import Store
-        from service.tokens import load_tokenizer
-
-        base_queries = importlib.import_module("service_base.queries")
-        base_config = importlib.import_module("service_base.config")
-        base_db = importlib.import_module("service_base.db")
-        base_tokens = importlib.import_module("service_base.tokens")
-
-        def build(config, db_module, queries, tokens, url):
+        def build(package: str, url: str) -> tuple[Any, Any]:
+            config, db_module, queries, tokens = (importlib.import_module(f"{package}.{name}")
+                                                  for name in ("config", "db", "queries", "tokens"))
             settings = config.Settings(database_url=url, pool_min_size=1, pool_max_size=2)
             db = db_module.Database(settings, url)
             db.pool.open(wait=True)
             return db, queries.Store.build(settings, db, tokens.load_tokenizer("o200k_base"))
 
-        old_db, old_store = build(base_config, base_db, base_queries, base_tokens, old_url)
-        new_db, new_store = build(sys.modules["service.config"], sys.modules["service.db"],
-                                  sys.modules["service.queries"], sys.modules["service.tokens"], new_url)
-        del Settings, Database, Store, load_tokenizer
+        old_db, old_store = build("service_base", old_url)
+        new_db, new_store = build("service", new_url)
         try:
-            window_id = contexts[len(contexts) // 2]
-            append_old, append_new = contexts[0], contexts[1] if len(contexts) > 1 else contexts[0]
+            window_id, append_id = contexts[len(contexts) // 2], contexts[0]
             batch = [{"role": "user", "content": "one more message", "token_count": TOKENS}]
             warm = new_store.messages.roots
 
@@ -204,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                     new_store.messages.roots = warm
 
             calls = {
-                ("append", "0006"): lambda: old_store.messages.append(TENANT, append_old, batch),
-                ("append", "0007"): lambda: new_store.messages.append(TENANT, append_new, batch),
+                ("append", "0006"): lambda: old_store.messages.append(TENANT, append_id, batch),
+                ("append", "0007"): lambda: new_store.messages.append(TENANT, append_id, batch),
                 ("window", "0006"): lambda: old_store.messages.window(TENANT, window_id, max_tokens=2000),
                 ("window", "0007"): lambda: new_store.messages.window(TENANT, window_id, max_tokens=2000),
                 ("window", "0007 miss"): miss_window,
