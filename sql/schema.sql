@@ -131,6 +131,21 @@ $$;
 CREATE TRIGGER messages_fill_root BEFORE INSERT ON messages
     FOR EACH ROW WHEN (NEW.root_id IS NULL) EXECUTE FUNCTION cs_fill_message_root_v1();
 
+-- Records the root of a context the previous release created (its statements do
+-- not write context_roots); the current statements have written the row already,
+-- and the conflict leaves it. A later migration drops it, with messages_fill_root.
+CREATE FUNCTION cs_record_context_root_v1()
+RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO context_roots (id, root_id) VALUES (NEW.id, NEW.root_id) ON CONFLICT (id) DO NOTHING;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER contexts_record_root AFTER INSERT ON contexts
+    FOR EACH ROW EXECUTE FUNCTION cs_record_context_root_v1();
+
 -- ---------------------------------------------------------------- API keys
 
 -- API keys: each belongs to one tenant. Only a SHA-256 of the key is stored; the

@@ -56,6 +56,8 @@ class Contexts:
         with self.db.connection() as conn:
             row = QUERIES.insert_context.run(conn, id=context_id, tenant=tenant,
                                              metadata=orjson.dumps(metadata).decode())
+        # Cached even if an enclosing transaction later rolls back: the id is never
+        # reused, and its root then only leads statements to find nothing.
         self.roots.remember(context_id, context_id)
         return row
 

@@ -8,8 +8,9 @@
 --
 -- Rolling deploy: workers of the previous release keep running against this
 -- schema. They call the _v1 functions (kept), look contexts up by id alone (the
--- keys below lead with the id, so that stays one index probe) and insert messages
--- without a root (a trigger fills it in, only for them).
+-- keys below lead with the id, so that stays one index probe), insert messages
+-- without a root and contexts without a context_roots row (two triggers fill them
+-- in).
 
 -- ---------------------------------------------------------------- messages.root_id
 
@@ -20,8 +21,8 @@ ALTER TABLE messages ALTER COLUMN root_id SET NOT NULL;
 
 -- ---------------------------------------------------------------- keys
 
--- The keys lead with the id, not the root: a lookup by id alone (an old worker's
--- statements, the fallback of the root lookup) stays a prefix probe of the
+-- The keys lead with the id, not the root: a lookup by id alone (the previous
+-- release's statements) stays a prefix probe of the
 -- primary key, and a probe that pins both is as cheap. Citus takes the
 -- distribution column anywhere in the key. No index is added for it: the extra
 -- 16 bytes are in the heap and in the primary key alone; the other indexes of
@@ -73,6 +74,21 @@ $$;
 
 CREATE TRIGGER messages_fill_root BEFORE INSERT ON messages
     FOR EACH ROW WHEN (NEW.root_id IS NULL) EXECUTE FUNCTION cs_fill_message_root_v1();
+
+-- Records the root of a context the previous release created (its statements do
+-- not write context_roots); the current statements have written the row already,
+-- and the conflict leaves it. A later migration drops it, with messages_fill_root.
+CREATE FUNCTION cs_record_context_root_v1()
+RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO context_roots (id, root_id) VALUES (NEW.id, NEW.root_id) ON CONFLICT (id) DO NOTHING;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER contexts_record_root AFTER INSERT ON contexts
+    FOR EACH ROW EXECUTE FUNCTION cs_record_context_root_v1();
 
 -- ---------------------------------------------------------------- lineage functions, version 2
 

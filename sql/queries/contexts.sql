@@ -14,19 +14,12 @@ SELECT * FROM made;
 
 -- name: get_root^
 -- The root of a context, by its id alone (context_roots: one shard on Citus);
--- null when it is not recorded there.
+-- no row when it is not recorded there.
 SELECT root_id FROM context_roots WHERE id = %(id)s;
 
--- name: find_root^
--- The root of a context by its id alone, read from contexts: for a context the
--- previous release created while a deploy rolled, which context_roots lacks.
--- Every shard on Citus, so only after get_root found nothing. No row when there
--- is no such context.
-SELECT root_id FROM contexts WHERE id = %(id)s;
-
 -- name: get_context^
--- A live context under a root as of a version or a time. One row, always, with status as in
--- cs_view_v1 (view_version, capped at the head, is the head when 'past_head');
+-- A live context under a root as of a version or a time. One row, always, with
+-- status as in cs_view_v2 (view_version, capped at the head, is the head when 'past_head');
 -- when 'ok', head_version and total_tokens are those of the viewed version (the
 -- head when neither as_of_version nor as_of is given).
 SELECT v.status, v.view_version, c.id, c.metadata, c.parent_id, c.fork_version,

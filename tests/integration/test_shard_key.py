@@ -139,10 +139,9 @@ def test_the_default_cache_is_bounded():
         Roots(size=0)
 
 
-def test_a_context_the_previous_release_created_is_found_without_context_roots(client, store, postgresql):
-    # The previous release inserts contexts and messages without context_roots and
-    # without messages.root_id: the lookup falls back to contexts, a trigger fills
-    # the message's root.
+def test_a_context_the_previous_release_created_is_found_by_its_root(client, store, postgresql):
+    # The previous release inserts contexts without a context_roots row and
+    # messages without root_id: triggers fill both in.
     cid = uuid7()
     postgresql.execute("INSERT INTO contexts (id, root_id, head_version, total_tokens) VALUES (%s, %s, 1, 2)",
                        [cid, cid])
@@ -151,7 +150,7 @@ def test_a_context_the_previous_release_created_is_found_without_context_roots(c
         " VALUES (%s, 1, 'user', 'old', 2, 2, now())", [cid])
     postgresql.commit()
     assert postgresql.execute("SELECT root_id FROM messages WHERE context_id = %s", [cid]).fetchone() == (cid,)
-    assert postgresql.execute("SELECT count(*) FROM context_roots WHERE id = %s", [cid]).fetchone() == (0,)
+    assert postgresql.execute("SELECT root_id FROM context_roots WHERE id = %s", [cid]).fetchone() == (cid,)
     page = client.get(f"/v1/contexts/{cid}/messages", status=200).json
     assert [m["content"] for m in page["data"]] == ["old"]
     assert store.messages.roots.cached(cid) == cid
@@ -171,7 +170,6 @@ CROSS_SHARD = {
     "set_embeddings": "the embedding worker's queue spans every conversation",
     "mark_embeddings_failed": "the embedding worker's queue spans every conversation",
     "count_embedding_backlog": "the embedding worker's queue spans every conversation",
-    "find_root": "the root lookup's fallback, by id alone, when context_roots has no row",
 }
 
 _TABLE = re.compile(r"\b(?:FROM|JOIN|UPDATE)\s+(contexts|messages)\b(?:\s+AS\s+(\w+))?", re.IGNORECASE)
