@@ -99,9 +99,7 @@ def fill(url: str, contexts: list, *, with_root: bool) -> None:
                 "SELECT c.id, c.id, %(n)s, %(n)s * %(t)s, %(at)s, %(at)s FROM unnest(%(ids)s::uuid[]) AS c (id)",
                 {"ids": chunk, "n": PER_CONTEXT, "t": TOKENS, "at": start + timedelta(days=1)},
             )
-            if with_root:
-                conn.execute("INSERT INTO context_roots (id, root_id) SELECT c.id, c.id "
-                             "FROM unnest(%(ids)s::uuid[]) AS c (id)", {"ids": chunk})
+            # At 0007 the trigger contexts_record_root writes context_roots.
             conn.execute(
                 "INSERT INTO messages (context_id, version, role, content, token_count, cum_tokens, created_at"
                 f"{root_column}) "
