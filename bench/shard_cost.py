@@ -61,7 +61,7 @@ TENANT = "default"
 def base_ref() -> str:
     """The commit before migration 0007 was added."""
     added = subprocess.run(
-        ["git", "rev-list", "-1", "HEAD", "--", "sql/migrations/0007_shard_key.sql"],
+        ["git", "log", "--diff-filter=A", "--format=%H", "HEAD", "--", "sql/migrations/0007_shard_key.sql"],
         cwd=REPO, check=True, capture_output=True, text=True,
     ).stdout.strip()
     if not added:
