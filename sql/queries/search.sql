@@ -52,11 +52,10 @@ FROM held;
 
 -- name: search_semantic_exact
 -- The k messages of the segments (ids, los, his) of a view under one root
--- (root_id) nearest to an embedding by
--- cosine distance, by an exact scan of each segment's primary key range: recall
--- 1.0, cost proportional to the segments' length. Messages of another dimension
--- are skipped. Rows: the message document, its holder and version, and the
--- score (1 - cosine distance), best first.
+-- (root_id) nearest to an embedding by cosine distance, by an exact scan of each
+-- segment's primary key range: recall 1.0, cost proportional to the segments'
+-- length. Messages of another dimension are skipped. Rows: the message document,
+-- its holder and version, and the score (1 - cosine distance), best first.
 WITH hits AS MATERIALIZED (
     SELECT m.context_id, m.version, m.distance
     FROM unnest(%(ids)s::uuid[], %(los)s::bigint[], %(his)s::bigint[]) AS s (holder, lo, hi)
@@ -77,12 +76,10 @@ JOIN messages AS m ON m.root_id = %(root_id)s AND m.context_id = h.context_id AN
 ORDER BY h.distance, h.context_id, h.version;
 
 -- name: search_semantic_exact_tenant
--- The k messages of the segments (roots, ids, los, his) of a tenant-wide search
--- (get_search_reach), over many roots, nearest to an embedding by
--- cosine distance, by an exact scan of each segment's primary key range: recall
--- 1.0, cost proportional to the segments' length. Messages of another dimension
--- are skipped. Rows: the message document, its holder and version, and the
--- score (1 - cosine distance), best first.
+-- The same ranking as search_semantic_exact over the segments (roots, ids, los,
+-- his) of a tenant-wide search (get_search_reach): many roots, each segment
+-- probed under its own. A statement of its own, so that the per-context one pins
+-- a single root (one shard on Citus) and this one is the cross-shard exception.
 WITH hits AS MATERIALIZED (
     SELECT m.root_id, m.context_id, m.version, m.distance
     FROM unnest(%(roots)s::uuid[], %(ids)s::uuid[], %(los)s::bigint[], %(his)s::bigint[]) AS s (root, holder, lo, hi)
@@ -104,9 +101,9 @@ ORDER BY h.distance, h.context_id, h.version;
 
 -- name: search_semantic_view
 -- The k messages of a view under one root (root_id) nearest to an embedding,
--- through the HNSW index with an iterative scan (the caller sets hnsw.* for its transaction): the index walk
--- keeps going until k rows pass the view filter or hnsw.max_scan_tuples is
--- reached. relaxed_order may yield rows slightly out of order, so the walk
+-- through the HNSW index with an iterative scan (the caller sets hnsw.* for its
+-- transaction): the index walk keeps going until k rows pass the view filter or
+-- hnsw.max_scan_tuples is reached. relaxed_order may yield rows slightly out of order, so the walk
 -- fetches `fetch` rows (more than k) and the best k of them are kept, sorted by
 -- their exact distance. Same rows as search_semantic_exact.
 WITH hits AS MATERIALIZED (
@@ -152,10 +149,9 @@ LIMIT %(k)s;
 
 -- name: search_text_view
 -- The k messages of the segments (ids, los, his) of a view under one root
--- (root_id) that match a websearch_to_tsquery
--- query, best first: score is ts_rank with normalization 32 (rank / (rank + 1),
--- so 0 < score < 1), ties newest first. Only the `candidates` most recent matches
--- are ranked: a word in every message of a long view costs a bounded walk down
+-- (root_id) that match a websearch_to_tsquery query, best first: score is
+-- ts_rank with normalization 32 (rank / (rank + 1), so 0 < score < 1), ties
+-- newest first. Only the `candidates` most recent matches are ranked: a word in every message of a long view costs a bounded walk down
 -- the primary key, a rare one a bitmap of the GIN index and the key range (the
 -- planner picks from the word's frequency: the query is written out, not bound
 -- once in a CTE, so that the planner sees its words).
