@@ -151,10 +151,11 @@ LIMIT %(k)s;
 -- The k messages of the segments (ids, los, his) of a view under one root
 -- (root_id) that match a websearch_to_tsquery query, best first: score is
 -- ts_rank with normalization 32 (rank / (rank + 1), so 0 < score < 1), ties
--- newest first. Only the `candidates` most recent matches are ranked: a word in every message of a long view costs a bounded walk down
--- the primary key, a rare one a bitmap of the GIN index and the key range (the
--- planner picks from the word's frequency: the query is written out, not bound
--- once in a CTE, so that the planner sees its words).
+-- newest first. Only the `candidates` most recent matches are ranked: a word in
+-- every message of a long view costs a bounded walk down the primary key, a rare
+-- one a bitmap of the GIN index and the key range (the planner picks from the
+-- word's frequency: the query is written out, not bound once in a CTE, so that
+-- the planner sees its words).
 WITH matches AS MATERIALIZED (
     SELECT m.context_id, m.version, m.content_tsv
     FROM unnest(%(ids)s::uuid[], %(los)s::bigint[], %(his)s::bigint[]) AS s (holder, lo, hi)
