@@ -17,6 +17,7 @@ from .health import Health
 from .idempotency import Idempotency
 from .keys import Keys
 from .messages import Messages
+from .roots import Roots
 from .search import Search
 
 
@@ -33,15 +34,16 @@ class Store:
     @classmethod
     def build(cls, settings: Settings, db: Database, tokenizer: Tokenizer) -> Store:
         embedder = Embedder.from_settings(settings)
+        roots = Roots()  # one per worker, shared: a context's root is the same for every family
         return cls(
-            contexts=Contexts(db, max_metadata_bytes=settings.max_metadata_bytes,
+            contexts=Contexts(db, roots, max_metadata_bytes=settings.max_metadata_bytes,
                               max_lineage_depth=settings.max_lineage_depth),
-            messages=Messages(db, tokenizer),
+            messages=Messages(db, roots, tokenizer),
             health=Health(db, tokenizer, embedder),
             keys=Keys(db),
             idempotency=Idempotency(db, ttl_seconds=settings.idempotency_ttl_hours * 3600),
             search=Search(db, dim=settings.embedding_dim, text_search_config=settings.text_search_config,
                           exact_max=settings.search_exact_max, ef_search=settings.search_ef_search,
-                          max_scan_tuples=settings.search_max_scan_tuples, embedder=embedder),
+                          max_scan_tuples=settings.search_max_scan_tuples, embedder=embedder, roots=roots),
             replicas=db.replicas,
         )

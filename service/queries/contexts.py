@@ -10,18 +10,15 @@ from uuid import UUID
 import orjson
 
 from ..db import Database
-from ..errors import Invalid, NotFound
+from ..errors import Invalid
 from ..ids import uuid7
 from ..sql import QUERIES
+from .roots import Roots, missing
 
 Row = dict[str, Any]
 
 # Keyset start for newest-first listing: before every real (created_at, id).
 FIRST_PAGE = (datetime.max.replace(tzinfo=timezone.utc), UUID(int=(1 << 128) - 1))
-
-
-def missing(context_id: UUID) -> NotFound:
-    return NotFound(f"Context {context_id} does not exist.")
 
 
 def check_view(row: Row, context_id: UUID) -> Row:
@@ -44,21 +41,29 @@ class ContextPage:
 class Contexts:
     """Create, read, list, patch, delete and fork contexts of one tenant."""
 
-    def __init__(self, db: Database, *, max_metadata_bytes: int, max_lineage_depth: int) -> None:
+    def __init__(self, db: Database, roots: Roots, *, max_metadata_bytes: int, max_lineage_depth: int) -> None:
         self.db = db
+        self.roots = roots
         self.max_metadata_bytes = max_metadata_bytes
         self.max_lineage_depth = max_lineage_depth
 
     def create(self, tenant: str, metadata: dict[str, Any]) -> Row:
+        context_id = uuid7()
         with self.db.connection() as conn:
-            return QUERIES.insert_context.run(conn, id=uuid7(), tenant=tenant, metadata=orjson.dumps(metadata).decode())
+            row = QUERIES.insert_context.run(conn, id=context_id, tenant=tenant,
+                                             metadata=orjson.dumps(metadata).decode())
+        # Cached even if an enclosing transaction later rolls back: the id is never
+        # reused, and its root then only leads statements to find nothing.
+        self.roots.remember(context_id, context_id)
+        return row
 
     def get(self, tenant: str, context_id: UUID, *, as_of_version: int | None = None,
             as_of: datetime | None = None) -> Row:
         """The context as of a version or a time: head_version and total_tokens are
         those of the viewed version."""
         row = self.db.read(lambda conn: QUERIES.get_context.run(
-            conn, id=context_id, tenant=tenant, as_of_version=as_of_version, as_of=as_of
+            conn, id=context_id, root_id=self.roots.pin(conn, context_id), tenant=tenant,
+            as_of_version=as_of_version, as_of=as_of,
         ))
         return check_view(row, context_id)
 
@@ -84,7 +89,8 @@ class Contexts:
         limit = self.max_metadata_bytes
         with self.db.connection() as conn, conn.transaction():
             row = QUERIES.patch_context_metadata.run(
-                conn, id=context_id, tenant=tenant, patch=orjson.dumps(patch).decode()
+                conn, id=context_id, root_id=self.roots.pin(conn, context_id), tenant=tenant,
+                patch=orjson.dumps(patch).decode(),
             )
             if row is None:
                 raise missing(context_id)
@@ -95,7 +101,8 @@ class Contexts:
 
     def delete(self, tenant: str, context_id: UUID) -> None:
         with self.db.connection() as conn:
-            deleted = QUERIES.delete_context.run(conn, id=context_id, tenant=tenant)
+            deleted = QUERIES.delete_context.run(conn, id=context_id, root_id=self.roots.pin(conn, context_id),
+                                                 tenant=tenant)
         if deleted != 1:
             raise missing(context_id)
 
@@ -103,10 +110,13 @@ class Contexts:
              metadata: dict[str, Any] | None) -> Row:
         """A new context reading the parent's view up to at_version (its head when
         None), with metadata (a copy of the parent's when None)."""
+        fork_id = uuid7()
         with self.db.connection() as conn:
+            root = self.roots.pin(conn, context_id)
             row = QUERIES.insert_fork.run(
                 conn,
-                id=uuid7(),
+                id=fork_id,
+                root_id=root,
                 tenant=tenant,
                 parent_id=context_id,
                 at_version=at_version,
@@ -124,4 +134,5 @@ class Contexts:
                 f"The fork would read through more than {self.max_lineage_depth} ancestor segments "
                 "(MAX_LINEAGE_DEPTH); fork an earlier version or a shallower context.",
             )
+        self.roots.remember(fork_id, root)
         return row

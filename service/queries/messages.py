@@ -18,6 +18,7 @@ from ..limits import MAX_VERSION
 from ..sql import QUERIES
 from ..tokens import Tokenizer
 from .contexts import check_view, missing
+from .roots import Roots
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,9 @@ class Window:
 class Messages:
     """Append to, page through and cut windows from a context's view."""
 
-    def __init__(self, db: Database, tokenizer: Tokenizer) -> None:
+    def __init__(self, db: Database, roots: Roots, tokenizer: Tokenizer) -> None:
         self.db = db
+        self.roots = roots
         self.count_tokens = tokenizer.count
 
     def append(self, tenant: str, context_id: UUID, messages: list[dict[str, Any]],
@@ -67,10 +69,12 @@ class Messages:
         token_counts = [m["token_count"] if "token_count" in m else count(m["content"]) for m in messages]
         dumps = orjson.dumps
         with self.db.connection() as conn:
+            root = self.roots.pin(conn, context_id)
             row = QUERIES.insert_messages.run(
                 conn,
                 tenant=tenant,
                 context_id=context_id,
+                root_id=root,
                 count=len(messages),
                 batch_tokens=sum(token_counts),
                 if_match=if_match,
@@ -91,7 +95,8 @@ class Messages:
     def get(self, tenant: str, context_id: UUID, version: int, *, include_embedding: bool = False) -> Message:
         """One message of the context's view by version."""
         row = self.db.read(lambda conn: QUERIES.get_message.run(
-            conn, tenant=tenant, context_id=context_id, version=version, include_embedding=include_embedding
+            conn, tenant=tenant, context_id=context_id, root_id=self.roots.pin(conn, context_id), version=version,
+            include_embedding=include_embedding,
         ))
         if row["status"] == "missing":
             raise missing(context_id)
@@ -109,6 +114,7 @@ class Messages:
             conn,
             tenant=tenant,
             context_id=context_id,
+            root_id=self.roots.pin(conn, context_id),
             limit=limit,
             after=after or 0,
             before=MAX_VERSION if before is None else before,
@@ -126,6 +132,7 @@ class Messages:
             conn,
             tenant=tenant,
             context_id=context_id,
+            root_id=self.roots.pin(conn, context_id),
             max_tokens=max_tokens,
             pin_system=pin_system,
             as_of_version=as_of_version,

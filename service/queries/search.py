@@ -24,6 +24,7 @@ from ..embeddings import Embedder, EmbeddingsUnavailable
 from ..sql import QUERIES, Statement
 from ..errors import Invalid
 from .contexts import missing
+from .roots import Roots
 
 log = logging.getLogger("context_store")
 
@@ -63,6 +64,8 @@ class Scope:
     los: list[int]
     his: list[int]
     exact: bool
+    root_id: UUID | None = None  # a view's root (the shard key); None for a tenant
+    roots: list[UUID] | None = None  # for a tenant, each holder's root
     tenant: str | None = None
     metadata: str | None = None
     cut_ids: list[UUID] | None = None
@@ -91,8 +94,9 @@ class Search:
     meaning or both."""
 
     def __init__(self, db: Database, *, dim: int, text_search_config: str, exact_max: int, ef_search: int,
-                 max_scan_tuples: int, embedder: Embedder | None) -> None:
+                 max_scan_tuples: int, embedder: Embedder | None, roots: Roots | None = None) -> None:
         self.db = db
+        self.roots = Roots() if roots is None else roots
         self.dim = dim
         self.configured_text_config = text_search_config
         self._text_config: str | None = None
@@ -100,6 +104,7 @@ class Search:
         self.knobs = {"ef_search": str(ef_search), "max_scan_tuples": str(max_scan_tuples)}
         self.embedder = embedder
         self.exact = _Planned(QUERIES.search_semantic_exact, dim)
+        self.exact_tenant = _Planned(QUERIES.search_semantic_exact_tenant, dim)
         self.approx_view = _Planned(QUERIES.search_semantic_view, dim)
         self.approx_tenant = _Planned(QUERIES.search_semantic_tenant, dim)
         self.text_view = _Planned(QUERIES.search_text_view)
@@ -114,15 +119,16 @@ class Search:
 
         def search(conn: psycopg.Connection) -> SearchResult:
             with conn.transaction():
+                root = self.roots.pin(conn, context_id)
                 row = QUERIES.get_search_view.run(
-                    conn, tenant=tenant, context_id=context_id, as_of_version=as_of_version, as_of=as_of
+                    conn, tenant=tenant, context_id=context_id, root_id=root, as_of_version=as_of_version, as_of=as_of
                 )
                 if row["status"] == "missing":
                     raise missing(context_id)
                 if row["status"] == "past_head":
                     raise Invalid.pointer("/as_of_version", f"The version is past the head ({row['view_version']}).")
                 scope = Scope(row["ids"] or [], row["los"] or [], row["his"] or [],
-                              exact=row["view_version"] <= self.exact_max)
+                              exact=row["view_version"] <= self.exact_max, root_id=root)
                 return self._run(conn, scope, query, embedding, mode, k, roles)
 
         return self.db.read(search)
@@ -139,8 +145,9 @@ class Search:
         def search(conn: psycopg.Connection) -> SearchResult:
             with conn.transaction():
                 row = QUERIES.get_search_reach.run(conn, tenant=tenant, metadata=filter_)
-                scope = Scope(row["ids"], row["los"], row["his"], exact=row["size"] <= self.exact_max, tenant=tenant,
-                              metadata=filter_, cut_ids=row["cut_ids"], cut_his=row["cut_his"])
+                scope = Scope(row["ids"], row["los"], row["his"], exact=row["size"] <= self.exact_max,
+                              roots=row["roots"], tenant=tenant, metadata=filter_, cut_ids=row["cut_ids"],
+                              cut_his=row["cut_his"])
                 return self._run(conn, scope, query, embedding, mode, k, roles)
 
         return self.db.read(search)
@@ -177,11 +184,14 @@ class Search:
                   roles: list[str] | None) -> list[dict[str, Any]]:
         vector = _vector_text(embedding)
         common = {"embedding": vector, "k": k, "roles": roles}
+        if scope.exact and scope.tenant is None:
+            return self.exact.run(conn, root_id=scope.root_id, ids=scope.ids, los=scope.los, his=scope.his, **common)
         if scope.exact:
-            return self.exact.run(conn, ids=scope.ids, los=scope.los, his=scope.his, **common)
+            return self.exact_tenant.run(conn, roots=scope.roots, ids=scope.ids, los=scope.los, his=scope.his,
+                                         **common)
         common["fetch"] = max(min(k * OVERFETCH, k + 100), MIN_FETCH)
         if scope.tenant is None:
-            return self.approx_view.run(conn, ids=scope.ids, his=scope.his, **common)
+            return self.approx_view.run(conn, root_id=scope.root_id, ids=scope.ids, his=scope.his, **common)
         return self.approx_tenant.run(conn, tenant=scope.tenant, metadata=scope.metadata, cut_ids=scope.cut_ids,
                                       cut_his=scope.cut_his, **common)
 
@@ -189,7 +199,8 @@ class Search:
               roles: list[str] | None) -> list[dict[str, Any]]:
         config = self.text_config(conn)
         if scope.tenant is None:
-            return self.text_view.run(conn, config=config, query=query, ids=scope.ids, los=scope.los,
+            return self.text_view.run(conn, config=config, query=query, root_id=scope.root_id, ids=scope.ids,
+                                      los=scope.los,
                                                 his=scope.his, k=k, roles=roles, candidates=TEXT_CANDIDATES)
         return self.text_tenant.run(conn, config=config, query=query, tenant=scope.tenant,
                                               metadata=scope.metadata, cut_ids=scope.cut_ids,

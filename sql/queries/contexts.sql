@@ -1,23 +1,34 @@
 -- name: insert_context^
--- Creates a root context and returns it.
-INSERT INTO contexts (id, tenant, root_id, metadata, created_at, updated_at)
-SELECT %(id)s, %(tenant)s, %(id)s, %(metadata)s, t.at, t.at
-FROM (SELECT clock_timestamp() AS at) AS t
-RETURNING id, metadata, parent_id, fork_version, head_version, total_tokens,
-          created_at, updated_at;
+-- Creates a root context (its own root) and returns it; records its root in
+-- context_roots in the same statement.
+WITH made AS (
+    INSERT INTO contexts (id, tenant, root_id, metadata, created_at, updated_at)
+    SELECT %(id)s, %(tenant)s, %(id)s, %(metadata)s, t.at, t.at
+    FROM (SELECT clock_timestamp() AS at) AS t
+    RETURNING id, metadata, parent_id, fork_version, head_version, total_tokens,
+              created_at, updated_at
+), rooted AS (
+    INSERT INTO context_roots (id, root_id) SELECT made.id, made.id FROM made
+)
+SELECT * FROM made;
+
+-- name: get_root^
+-- The root of a context, by its id alone (context_roots: one shard on Citus);
+-- no row when it is not recorded there.
+SELECT root_id FROM context_roots WHERE id = %(id)s;
 
 -- name: get_context^
--- A live context as of a version or a time. One row, always, with status as in
--- cs_view_v1 (view_version, capped at the head, is the head when 'past_head');
+-- A live context under a root as of a version or a time. One row, always, with
+-- status as in cs_view_v2 (view_version, capped at the head, is the head when 'past_head');
 -- when 'ok', head_version and total_tokens are those of the viewed version (the
 -- head when neither as_of_version nor as_of is given).
 SELECT v.status, v.view_version, c.id, c.metadata, c.parent_id, c.fork_version,
        v.view_version AS head_version,
        CASE WHEN v.view_version >= v.head_version THEN v.total_tokens
-            ELSE cs_cum_tokens_v1(v.ids, v.ends, v.id, v.view_version) END AS total_tokens,
+            ELSE cs_cum_tokens_v2(%(root_id)s, v.ids, v.ends, v.id, v.view_version) END AS total_tokens,
        c.created_at, c.updated_at
-FROM cs_view_v1(%(id)s, %(tenant)s, %(as_of_version)s::bigint, %(as_of)s::timestamptz) AS v
-LEFT JOIN contexts AS c ON c.id = v.id;
+FROM cs_view_v2(%(root_id)s, %(id)s, %(tenant)s, %(as_of_version)s::bigint, %(as_of)s::timestamptz) AS v
+LEFT JOIN contexts AS c ON c.root_id = %(root_id)s AND c.id = v.id;
 
 -- name: list_contexts
 -- A page of the tenant's live contexts, newest first, strictly after a keyset
@@ -54,7 +65,7 @@ UPDATE contexts
 SET metadata = CASE WHEN jsonb_typeof(%(patch)s::jsonb) = 'object'
                     THEN cs_merge_patch_v1(metadata, %(patch)s::jsonb) ELSE '{}'::jsonb END,
     updated_at = greatest(clock_timestamp(), updated_at)
-WHERE id = %(id)s AND tenant = %(tenant)s AND deleted_at IS NULL
+WHERE root_id = %(root_id)s AND id = %(id)s AND tenant = %(tenant)s AND deleted_at IS NULL
 RETURNING id, metadata, metadata::text AS metadata_text, parent_id, fork_version,
           head_version, total_tokens, created_at, updated_at;
 
@@ -62,7 +73,7 @@ RETURNING id, metadata, metadata::text AS metadata_text, parent_id, fork_version
 -- Soft-deletes a live context; returns the number of rows deleted (0 or 1).
 UPDATE contexts
 SET deleted_at = clock_timestamp()
-WHERE id = %(id)s AND tenant = %(tenant)s AND deleted_at IS NULL;
+WHERE root_id = %(root_id)s AND id = %(id)s AND tenant = %(tenant)s AND deleted_at IS NULL;
 
 -- name: insert_fork^
 -- Forks a live context at a version (its head when at_version is null) without
@@ -71,7 +82,8 @@ WHERE id = %(id)s AND tenant = %(tenant)s AND deleted_at IS NULL;
 -- 'ok' with the new fork, 'missing' (no such live parent), 'past_head' (at_version
 -- beyond the parent's head, given as head_version) or 'too_deep' (the fork would
 -- read through more than max_segments ancestor segments: every read of a fork
--- costs one index probe per segment). Nothing is written unless 'ok'.
+-- costs one index probe per segment). Nothing is written unless 'ok'. The fork
+-- shares the parent's root (root_id), and its root is recorded in context_roots.
 -- Deliberately no lock on the parent: under READ COMMITTED a row lock waited for
 -- re-reads the parent but not its messages, so head and token total could come
 -- from two moments. Everything here is read from the statement's one snapshot;
@@ -79,7 +91,7 @@ WHERE id = %(id)s AND tenant = %(tenant)s AND deleted_at IS NULL;
 WITH parent AS (
     SELECT p.*, coalesce(%(at_version)s::bigint, p.head_version) AS at_v
     FROM contexts AS p
-    WHERE p.id = %(parent_id)s AND p.tenant = %(tenant)s AND p.deleted_at IS NULL
+    WHERE p.root_id = %(root_id)s AND p.id = %(parent_id)s AND p.tenant = %(tenant)s AND p.deleted_at IS NULL
 ), lineage AS (
     SELECT coalesce(array_agg(s.context_id ORDER BY s.lo), '{}') AS ids,
            coalesce(array_agg(s.hi ORDER BY s.lo), '{}') AS ends
@@ -90,13 +102,15 @@ WITH parent AS (
                           head_version, total_tokens, metadata, created_at, updated_at)
     SELECT %(id)s, p.tenant, p.root_id, p.id, p.at_v, l.ids, l.ends, p.at_v,
            CASE WHEN p.at_v = p.head_version THEN p.total_tokens
-                ELSE cs_cum_tokens_v1(p.ancestor_ids, p.ancestor_ends, p.id, p.at_v) END,
+                ELSE cs_cum_tokens_v2(p.root_id, p.ancestor_ids, p.ancestor_ends, p.id, p.at_v) END,
            coalesce(%(metadata)s::jsonb, p.metadata), t.at, t.at
     FROM parent AS p, lineage AS l,
          LATERAL (SELECT greatest(clock_timestamp(), p.updated_at) AS at) AS t
     WHERE p.at_v <= p.head_version AND cardinality(l.ids) <= %(max_segments)s
-    RETURNING id, metadata, parent_id, fork_version, head_version, total_tokens,
+    RETURNING id, root_id, metadata, parent_id, fork_version, head_version, total_tokens,
               created_at, updated_at
+), rooted AS (
+    INSERT INTO context_roots (id, root_id) SELECT fork.id, fork.root_id FROM fork
 )
 SELECT CASE WHEN f.id IS NOT NULL THEN 'ok'
             WHEN p.id IS NULL THEN 'missing'

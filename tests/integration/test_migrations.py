@@ -17,7 +17,8 @@ from service.ids import uuid7
 from service.migrate import LOCK_KEY, CannotMigrate, MigrationError, discover, migrate, schema_state
 from service.paths import sql_dir
 
-NAMES = ["0001_init", "0002_lineage", "0003_versioned_reads", "0004_api_keys", "0005_search", "0006_idempotency"]
+NAMES = ["0001_init", "0002_lineage", "0003_versioned_reads", "0004_api_keys", "0005_search", "0006_idempotency",
+         "0007_shard_key"]
 VERSIONS = [int(name[:4]) for name in NAMES]
 
 
