@@ -31,11 +31,9 @@ import errno
 import re
 import selectors
 import socket
-import sys
 import threading
 import time
 import uuid
-from datetime import datetime
 from functools import partial
 from urllib.parse import quote
 
@@ -250,6 +248,11 @@ class _Response(wsgi.Response):
         self.send_headers()
         self._flush_head()
         super().close()
+
+
+# gunicorn's HTTP/1 response -> the one that joins the head to the body; others
+# (HTTP/2 frames its own way) stay as they are.
+_JOINED_HEAD = {wsgi.Response: _Response}
 
 
 class _GuardedInput:
@@ -516,13 +519,16 @@ class DeadlineWorker(ThreadWorker):
 
         def guarded(environ, start_response):
             environ["wsgi.input"] = _GuardedInput(environ["wsgi.input"], local)
+            response = start_response.__self__  # gunicorn's start_response is its Response's bound method
+            # Nothing is written yet: from here on an HTTP/1 head goes out with the
+            # body (_Response only adds methods, so the instance fits it as is).
+            response.__class__ = _JOINED_HEAD.get(type(response), type(response))
 
             def start(status, headers, exc_info=None):
                 if local.stalled:
                     # The 408 says so: the rest of the body is unknown, the
-                    # connection cannot carry another request. gunicorn's
-                    # start_response is its Response's bound method.
-                    start_response.__self__.force_close()
+                    # connection cannot carry another request.
+                    response.force_close()
                 return start_response(status, headers, exc_info)
 
             return app(environ, start)
@@ -593,7 +599,7 @@ class DeadlineWorker(ThreadWorker):
 
     def handle_request(self, req, conn):
         try:
-            return self._handle_request(req, conn)
+            return super().handle_request(req, conn)
         except TimeoutError:
             # The client stopped reading its response for CLIENT_BODY_TIMEOUT.
             _count_drop()
@@ -601,60 +607,6 @@ class DeadlineWorker(ThreadWorker):
                 "slow client %s dropped: it read no response for %gs", _peer(conn.client), self.body_timeout
             )
             return False
-
-    def _handle_request(self, req, conn):
-        # gthread's handle_request (gunicorn 27), with _Response for the answer.
-        environ = {}
-        resp = None
-        try:
-            self.cfg.pre_request(self, req)
-            request_start = datetime.now()
-            resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, self.cfg, response_class=_Response)
-            environ["wsgi.multithread"] = True
-            self.nr += 1
-            if self.nr >= self.max_requests:
-                if self.alive:
-                    self.log.info("Autorestarting worker after current request.")
-                    self.alive = False
-                resp.force_close()
-
-            if not self.alive or not self.cfg.keepalive or len(self.keepalived_conns) >= self.max_keepalived:
-                resp.force_close()
-
-            respiter = self.wsgi(environ, resp.start_response)
-            try:
-                if isinstance(respiter, environ["wsgi.file_wrapper"]):
-                    resp.write_file(respiter)
-                else:
-                    for item in respiter:
-                        resp.write(item)
-
-                resp.close()
-            finally:
-                request_time = datetime.now() - request_start
-                self.log.access(resp, req, environ, request_time)
-                if hasattr(respiter, "close"):
-                    respiter.close()
-
-            if resp.should_close():
-                self.log.debug("Closing connection.")
-                return False
-        except OSError:
-            util.reraise(*sys.exc_info())
-        except (Exception, SystemExit):
-            if resp and resp.headers_sent:
-                # The answer may have started: a 500 now would corrupt it.
-                self.log.exception("Error handling request")
-                util.close_graceful(conn.sock)
-                raise StopIteration() from None
-            raise
-        finally:
-            try:
-                self.cfg.post_request(self, req, environ, resp)
-            except Exception:
-                self.log.exception("Exception in post_request hook")
-
-        return True
 
     def _keepalive_after(self, conn, keepalive):
         if getattr(self._local, "stalled", False):

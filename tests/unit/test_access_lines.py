@@ -18,19 +18,26 @@ from service.middleware import _new_request_id
 
 @pytest.fixture
 def root_stream():
-    """The root logger as the service configures it (text lines), writing to a buffer."""
+    """The root logger as the service configures it (text lines), writing to a buffer.
+    A test calls it to get (handler, stream): pytest adds its own capturing handlers
+    to the root after the fixtures ran, so they are taken off here, in the test."""
     saved = logging.root.handlers[:], logging.root.level
     runtime.configure_logging("info")
     (handler,) = logging.root.handlers
     stream = io.StringIO()
     handler.setStream(stream)
-    yield handler, stream
+
+    def ours_alone():
+        logging.root.handlers[:] = [handler]
+        return handler, stream
+
+    yield ours_alone
     logging.root.handlers[:] = saved[0]
     logging.root.setLevel(saved[1])
 
 
 def test_the_service_configures_the_text_format_the_quick_line_copies(root_stream):
-    handler, _stream = root_stream
+    handler, _stream = root_stream()
     assert handler.formatter._fmt == TEXT_FORMAT
 
 
@@ -47,9 +54,10 @@ def test_the_line_is_the_one_logging_formats(created):
 
 
 def test_lines_go_straight_to_the_stream_when_that_is_all_logging_would_do(root_stream):
-    _handler, stream = root_stream
+    handler, stream = root_stream()
     logger = logging.getLogger("context_store.access")
     lines = InfoLines(logger)
+    assert lines._plain_handler() is handler
     before = time.time()
     lines.info("GET /x 200 1.0ms request_id=abc", {"request_id": "abc"})
     written = stream.getvalue()
@@ -64,9 +72,11 @@ def test_lines_go_straight_to_the_stream_when_that_is_all_logging_would_do(root_
 
 
 def test_a_failing_stream_loses_the_line_quietly(root_stream):
-    handler, stream = root_stream
+    handler, stream = root_stream()
     stream.close()
-    InfoLines(logging.getLogger("context_store.access")).info("GET /x 200 1.0ms request_id=abc", {})
+    lines = InfoLines(logging.getLogger("context_store.access"))
+    assert lines._plain_handler() is handler
+    lines.info("GET /x 200 1.0ms request_id=abc", {})
     handler.setStream(io.StringIO())
 
 
@@ -151,6 +161,8 @@ def _other_datefmt(logger, keep):
     ids=["filter", "own-handler", "json", "two-handlers", "not-propagating", "datefmt"],
 )
 def test_anything_more_than_a_plain_text_line_goes_through_logging_with_the_fields(root_stream, setup):
+    handler, _stream = root_stream()
+    assert InfoLines(logging.getLogger("context_store.access"))._plain_handler() is handler  # before the setup
     records = _through_logging(setup)
     assert records, "the line did not go through logging"
     record = records[0]

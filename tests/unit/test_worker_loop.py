@@ -412,6 +412,11 @@ def test_a_thread_hands_the_connection_back_when_another_waits_for_a_thread(work
         assert calls == ["/a"]
         assert worker._waiting == 1
         assert conn.parser.unreader.buf.getvalue() == _get("/b")  # for the loop to queue
+        answered: Future = Future()
+        answered.set_result(True)
+        worker.finish_request(conn, answered)  # complete already: queued to a thread at once
+        assert len(_answers(client, 2)) == 2
+        assert calls == ["/a", "/b"]
 
 
 def test_a_stopping_worker_serves_what_a_thread_holds_once_more_and_closes(worker, listener):
@@ -494,3 +499,51 @@ def test_tls_connections_are_not_held_by_a_thread(worker, listener):
         client.sendall(_get("/a") + _get("/b"))
         assert worker.handle(conn) is True
         assert calls == ["/a"]
+
+
+def test_a_thread_does_not_wait_when_the_wait_is_off(worker, listener, monkeypatch):
+    monkeypatch.setattr(workers, "HOLD_WAIT", 0.0)
+    calls: list[str] = []
+    client, conn = _held(worker, listener, calls)
+    with client, conn.sock:
+        client.sendall(_get("/a"))
+        assert worker.handle(conn) is True
+        assert calls == ["/a"]
+
+
+class _Writes:
+    """A real socket that also keeps what each sendall was given."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.calls: list[bytes] = []
+
+    def sendall(self, data) -> None:
+        self.calls.append(bytes(data))
+        self.sock.sendall(data)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def test_the_apps_answers_go_out_with_the_head_joined_to_the_body(worker, listener):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    class Application:  # what gunicorn's worker asks for its WSGI callable
+        def wsgi(self):
+            return app
+
+    worker.app = Application()
+    worker.load_wsgi()
+    client, conn = _served(worker, listener)
+    conn.data_ready = True
+    real = conn.sock
+    conn.sock = writes = _Writes(real)
+    with client, real:
+        client.sendall(_get("/a"))
+        assert worker.handle(conn) is True
+        (written,) = writes.calls
+        assert written.startswith(b"HTTP/1.1 200 OK\r\n") and written.endswith(b"\r\n\r\nok")
+        assert _answers(client, 1)[0].startswith(b"HTTP/1.1 200 OK")
