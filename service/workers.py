@@ -341,6 +341,10 @@ class DeadlineWorker(ThreadWorker):
         self.keepalived_conns.remove(conn)
         self.poller.unregister(client)
         self._read_request(conn, b"")
+        # Read what made it readable now, not on the next turn: a stopping worker
+        # closes the connections that have sent nothing (murder_pending), and
+        # this one's request would be cut off unanswered.
+        self._on_readable(conn, client)
 
     def _read_request(self, conn: _Conn, buffered: bytes) -> None:
         state = _Reading(buffered, time.monotonic() + self.header_timeout)

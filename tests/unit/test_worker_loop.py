@@ -547,3 +547,24 @@ def test_the_apps_answers_go_out_with_the_head_joined_to_the_body(worker, listen
         (written,) = writes.calls
         assert written.startswith(b"HTTP/1.1 200 OK\r\n") and written.endswith(b"\r\n\r\nok")
         assert _answers(client, 1)[0].startswith(b"HTTP/1.1 200 OK")
+
+
+def test_a_stopping_worker_reads_a_kept_alive_connections_next_request_at_once(worker, listener):
+    # Left for the next turn, the empty connection would be closed unanswered by
+    # murder_pending (the worker is stopping) though its request had arrived.
+    calls: list[str] = []
+    client, conn = _held(worker, listener, calls)
+    with client, conn.sock:
+        answered: Future = Future()
+        answered.set_result(True)
+        worker.alive = False
+        worker.finish_request(conn, answered)  # kept alive for gunicorn's short linger
+        assert list(worker.keepalived_conns) == [conn]
+        client.sendall(_get("/next"))
+        time.sleep(0.05)
+        worker.on_client_socket_readable(conn, conn.sock)
+        worker.murder_pending()
+        assert worker.reading == {}  # complete: handed to a thread, not closed
+        head = _answers(client, 1)[0]
+        assert calls == ["/next"]
+        assert b"Connection: close" in head
