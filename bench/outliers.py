@@ -49,6 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--statement-ms", type=int, default=20, help="PostgreSQL's log_min_duration_statement")
     parser.add_argument("--checkpoint-seconds", type=int, default=0,
                         help="PostgreSQL's checkpoint_timeout (30..3600; default: the server's, 5 min)")
+    parser.add_argument("--code-dir", type=Path, default=None,
+                        help="run the service from this copy of service/ and sql/ (e.g. git archive REF service sql)")
     parser.add_argument("--service-env", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args(argv)
     if not 1 <= args.requests <= 200_000:
@@ -114,8 +116,11 @@ def main(argv=None) -> int:
     try:
         embedded, url = services.start_embedded(home)
         configure_postgres(url, args.statement_ms, args.checkpoint_seconds)
-        svc = services.Service("current", REPO, url, home, OUT_DIR / f"outliers-{stamp}.log")
-        svc.start(SimpleNamespace(workers=2, threads=None, log_level="info", service_env=args.service_env))
+        code = args.code_dir.resolve() if args.code_dir is not None else REPO
+        svc = services.Service("current" if args.code_dir is None else str(code), code, url, home,
+                               OUT_DIR / f"outliers-{stamp}.log")
+        svc.start(SimpleNamespace(workers=2, threads=None, log_level="info", service_env=args.service_env),
+                  require_own_code=args.code_dir is not None)
         context = svc.api.call("POST", "/v1/contexts", {}, expected=201)["id"]
         conn = http.client.HTTPConnection("127.0.0.1", svc.port, timeout=60)
         path = f"/v1/contexts/{context}/messages"
