@@ -137,10 +137,13 @@ def p50(values: list[float]) -> float:
 # ---------------------------------------------------------------- layers
 
 DBWAIT = "psycopg: Connection.wait (PostgreSQL's answer, libpq C)"
-IDLE = "idle (event loop select, threads waiting for work)"
-# Leaves of a thread waiting for something to do: not a request's time.
+IDLE = "idle (event loop select, threads waiting for work or a client's next request)"
+# Leaves of a thread waiting for something to do: not a request's time. A thread
+# holding a kept-alive connection waits in _next_request_here's recv (py-spy does
+# not see that socket wait as idle); the function's own work around it is a few µs.
 _IDLE_LEAVES = ("EpollSelector.select", "PollSelector.select", "Condition.wait", "Event.wait", "Queue.get",
-                "SimpleQueue.get", "Thread.join", "_worker (concurrent/futures/thread.py:81)")
+                "SimpleQueue.get", "Thread.join", "_worker (concurrent/futures/thread.py:81)",
+                "DeadlineWorker._next_request_here")
 PSYCOPG = "psycopg + pool (Python)"
 STORE = "store: service/queries, sql.py, db.py"
 VALID = "query validation (marshmallow, service/schemas)"

@@ -427,3 +427,48 @@ def test_clients_that_keep_their_end_open_after_connection_close_do_not_stall_th
     finally:
         for sock in lingering:
             sock.close()
+
+
+def test_a_partial_head_behind_a_kept_alive_request_is_still_cut_at_its_deadline(server):
+    # The thread that answers the first request sees the second one's start and
+    # gives the connection back to the event loop, which keeps the head deadline.
+    port, _log = server
+    with _connect(port) as sock:
+        buf = bytearray()
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" + b"GET /health HTTP/1.1\r\n")
+        assert _read_response(sock, buf)[0] == 200
+        seconds, received = _seconds_until_closed(sock, HEADER_TIMEOUT + SLACK + 1)
+    assert received == b"" and buf == b""
+    assert HEADER_TIMEOUT - 0.05 <= seconds <= HEADER_TIMEOUT + SLACK
+
+
+def test_busy_kept_alive_clients_do_not_keep_the_threads_from_other_connections(server):
+    # 12 connections sending request after request, more than the 8 threads that
+    # could each hold one: a new connection is still answered at once.
+    port, _log = server
+    stop = threading.Event()
+    served: list[int] = []
+
+    def busy() -> None:
+        with _connect(port) as sock:
+            buf = bytearray()
+            while not stop.is_set():
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                served.append(_read_response(sock, buf)[0])
+
+    clients = [threading.Thread(target=busy) for _ in range(12)]
+    for client in clients:
+        client.start()
+    try:
+        time.sleep(0.5)
+        latencies = []
+        for _ in range(20):
+            started = time.perf_counter()
+            assert _exchange(port, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")[0] == 200
+            latencies.append(time.perf_counter() - started)
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(10)
+    assert len(served) > 100 and set(served) == {200}
+    assert max(latencies) < 0.5, f"slowest {max(latencies) * 1000:.0f} ms"

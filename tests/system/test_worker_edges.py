@@ -174,3 +174,46 @@ def test_plain_gunicorn_with_a_database_it_cannot_reach_exits_2_with_one_line():
     assert len(lines) == 1 and lines[0].startswith("context-store: cannot connect to database cs_nowhere"), done.stderr
     assert "Traceback" not in done.stderr and "s3cret" not in done.stderr
     assert "Listening at" not in done.stderr and "Booting worker" not in done.stderr
+
+
+def test_a_stopping_worker_ends_a_connection_its_thread_holds_after_an_answer_that_says_close():
+    # A client sending request after request keeps its connection in one thread
+    # (the next request arrives before the thread gives up waiting for it).
+    with serve({"WEB_CONCURRENCY": "1"}) as running:
+        port = int(running.base.rsplit(":", 1)[1])
+        answers: list[tuple[int, str]] = []
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            buf = b""
+            stopped_at = None
+            while True:
+                if len(answers) == 50:
+                    running.proc.send_signal(signal.SIGTERM)
+                    stopped_at = time.monotonic()
+                try:
+                    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                while b"\r\n\r\n" not in buf:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+                if b"\r\n\r\n" not in buf:
+                    break
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                fields = dict(line.lower().split(": ", 1) for line in lines[1:])
+                length = int(fields["content-length"])
+                while len(buf) < length:
+                    buf += sock.recv(65536)
+                buf = buf[length:]
+                answers.append((int(lines[0].split(" ")[1]), fields["connection"]))
+                if fields["connection"] == "close":
+                    assert sock.recv(1) == b""  # and the server closes it
+                    break
+        assert running.proc.wait(15) == 0
+        assert stopped_at is not None and time.monotonic() - stopped_at < 12  # within the graceful timeout
+    assert {status for status, _ in answers} == {200}
+    # Every answer was whole; the last one told the client the connection ends.
+    assert answers[-1][1] == "close"
+    assert all(connection == "keep-alive" for _, connection in answers[:-1])

@@ -11,6 +11,7 @@ import errno
 import selectors
 import socket
 import struct
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -47,6 +48,9 @@ class _Log:
 
     def exception(self, msg, *args, **kwargs):
         self._add("exception", msg, *args, **kwargs)
+
+    def access(self, *args, **kwargs):
+        pass
 
     def at(self, level: str) -> list[str]:
         return [msg for lvl, msg in self.lines if lvl == level]
@@ -318,3 +322,249 @@ def test_a_client_that_reset_before_the_lingering_close_is_closed_at_once(worker
     worker._linger(conn)  # shutdown(SHUT_WR) on a reset connection: ENOTCONN
     assert worker.lingering == {} and worker.nr_conns == 0
     assert conn.sock.fileno() == -1
+
+
+# -- a thread serving a kept-alive connection's next requests itself ----------
+
+
+def _app(calls: list[str], worker=None, stop_at: str | None = None):
+    """A WSGI app answering "ok", keeping each path it serves; at `stop_at` it
+    stops the worker (as SIGTERM does) while the request is being served."""
+
+    def app(environ, start_response):
+        calls.append(environ["PATH_INFO"])
+        if environ["PATH_INFO"] == stop_at:
+            worker.alive = False
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
+
+    return app
+
+
+def _get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+
+
+def _held(worker, listener, calls, **app) -> tuple[socket.socket, _Conn]:
+    """A client, and its connection as a thread takes it from the loop (request complete)."""
+    worker.wsgi = _app(calls, worker, **app)
+    client, conn = _served(worker, listener)
+    conn.data_ready = True
+    return client, conn
+
+
+def _answers(client: socket.socket, count: int) -> list[bytes]:
+    """The heads of `count` responses of "ok"."""
+    data = b""
+    client.settimeout(5)
+    while data.count(b"\r\n\r\nok") < count:
+        chunk = client.recv(65536)
+        assert chunk, data
+        data += chunk
+    return [head for head in data.split(b"\r\n\r\nok")[:count]]
+
+
+def test_a_thread_serves_the_requests_that_follow_on_its_connection(worker, listener):
+    calls: list[str] = []
+    client, conn = _held(worker, listener, calls)
+    with client, conn.sock:
+        client.sendall(_get("/a") + _get("/b") + _get("/c"))
+        assert worker.handle(conn) is True
+        # All three in this call: none went back to the loop or the pool.
+        assert calls == ["/a", "/b", "/c"]
+        assert conn.parser.unreader.buf.getvalue() == b""
+        assert worker.method_queue._queue.empty()
+        heads = _answers(client, 3)
+        assert all(head.startswith(b"HTTP/1.1 200 OK") and b"Connection: keep-alive" in head for head in heads)
+
+
+def test_a_next_request_still_arriving_goes_to_the_loop_with_a_fresh_head_deadline(worker, listener):
+    calls: list[str] = []
+    client, conn = _held(worker, listener, calls)
+    port = client.getsockname()[1]
+    with client, conn.sock:
+        client.sendall(_get("/a") + b"GET /b HTTP/1.1\r\n")
+        before = time.monotonic()
+        assert worker.handle(conn) is True
+        assert calls == ["/a"]
+        answered: Future = Future()
+        answered.set_result(True)
+        worker.finish_request(conn, answered)
+        # The loop reads the rest, under the head's deadline, as for any request.
+        assert bytes(worker.reading[conn].buf) == b"GET /b HTTP/1.1\r\n"
+        assert worker.reading[conn].deadline >= before + 2.0
+        assert _registered(worker, conn.sock)
+        worker.reading[conn].deadline = time.monotonic() - 0.01
+        worker.murder_pending()
+        assert worker.reading == {}
+        assert worker.log.at("warning") == [
+            f"slow client 127.0.0.1:{port} dropped: no complete request head within 2s (17 bytes)"
+        ]
+
+
+def test_a_thread_hands_the_connection_back_when_another_waits_for_a_thread(worker, listener):
+    calls: list[str] = []
+    client, conn = _held(worker, listener, calls)
+    with client, conn.sock:
+        client.sendall(_get("/a") + _get("/b"))
+        worker._waiting = 2  # this connection's own turn, and another connection's
+        assert worker.handle(conn) is True
+        assert calls == ["/a"]
+        assert worker._waiting == 1
+        assert conn.parser.unreader.buf.getvalue() == _get("/b")  # for the loop to queue
+        answered: Future = Future()
+        answered.set_result(True)
+        worker.finish_request(conn, answered)  # complete already: queued to a thread at once
+        assert len(_answers(client, 2)) == 2
+        assert calls == ["/a", "/b"]
+
+
+def test_a_stopping_worker_serves_what_a_thread_holds_once_more_and_closes(worker, listener):
+    calls: list[str] = []
+    client, conn = _held(worker, listener, calls, stop_at="/a")
+    with client, conn.sock:
+        client.sendall(_get("/a") + _get("/b"))
+        assert worker.handle(conn) is True  # /a was answered keep-alive: the stop came during it
+        assert calls == ["/a"]
+        answered: Future = Future()
+        answered.set_result(True)
+        worker.finish_request(conn, answered)  # /b is buffered: queued to a thread at once
+        heads = _answers(client, 2)
+        assert calls == ["/a", "/b"]
+        assert b"Connection: keep-alive" in heads[0]
+        assert b"Connection: close" in heads[1]
+
+
+def test_a_thread_stops_at_max_requests_at_its_bounds_and_on_a_refused_request(worker, listener, monkeypatch):
+    calls: list[str] = []
+    client, conn = _held(worker, listener, calls)
+    with client, conn.sock:
+        worker.max_requests = 2
+        client.sendall(_get("/a") + _get("/b") + _get("/c"))
+        assert worker.handle(conn) is False  # the second answer closes the connection
+        assert calls == ["/a", "/b"] and not worker.alive
+
+    worker.alive, worker.max_requests, worker.nr = True, 1000, 0
+    monkeypatch.setattr(workers, "HOLD_REQUESTS", 2)
+    calls.clear()
+    client, conn = _held(worker, listener, calls)
+    with client, conn.sock:
+        client.sendall(_get("/a") + _get("/b") + _get("/c"))
+        assert worker.handle(conn) is True
+        assert calls == ["/a", "/b"]
+        assert conn.parser.unreader.buf.getvalue() == _get("/c")
+
+    monkeypatch.setattr(workers, "HOLD_REQUESTS", 100)
+    monkeypatch.setattr(workers, "HOLD_SECONDS", 0.0)
+    calls.clear()
+    client, conn = _held(worker, listener, calls)
+    with client, conn.sock:
+        client.sendall(_get("/a") + _get("/b"))
+        assert worker.handle(conn) is True
+        assert calls == ["/a"]
+
+    monkeypatch.setattr(workers, "HOLD_SECONDS", 0.5)
+    calls.clear()
+    client, conn = _held(worker, listener, calls)
+    with client, conn.sock:
+        too_long = b"GET /" + b"a" * 5000
+        client.sendall(_get("/a") + too_long)
+        assert worker.handle(conn) is True
+        assert calls == ["/a"]
+        # The loop refuses it (414), as it would any connection's.
+        assert conn.parser.unreader.buf.getvalue() == too_long
+
+
+def test_a_client_that_closes_or_resets_after_its_answer_is_closed_by_the_thread(worker, listener, monkeypatch):
+    monkeypatch.setattr(workers, "HOLD_WAIT", 5.0)  # the thread is still waiting when the client leaves
+    calls: list[str] = []
+    for leave in (lambda sock: sock.shutdown(socket.SHUT_WR), _reset):
+        client, conn = _held(worker, listener, calls)
+        with client, conn.sock:
+            client.sendall(_get("/a"))
+            outcome: Future = Future()
+            thread = threading.Thread(target=lambda conn=conn, outcome=outcome: outcome.set_result(worker.handle(conn)))
+            thread.start()
+            _answers(client, 1)
+            leave(client)
+            assert outcome.result(timeout=5) is False
+            thread.join()
+
+
+def test_tls_connections_are_not_held_by_a_thread(worker, listener):
+    calls: list[str] = []
+    worker.cfg.set("certfile", "/nonexistent/cert.pem")  # is_ssl; the socket is plain here
+    client, conn = _held(worker, listener, calls)
+    with client, conn.sock:
+        client.sendall(_get("/a") + _get("/b"))
+        assert worker.handle(conn) is True
+        assert calls == ["/a"]
+
+
+def test_a_thread_does_not_wait_when_the_wait_is_off(worker, listener, monkeypatch):
+    monkeypatch.setattr(workers, "HOLD_WAIT", 0.0)
+    calls: list[str] = []
+    client, conn = _held(worker, listener, calls)
+    with client, conn.sock:
+        client.sendall(_get("/a"))
+        assert worker.handle(conn) is True
+        assert calls == ["/a"]
+
+
+class _Writes:
+    """A real socket that also keeps what each sendall was given."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.calls: list[bytes] = []
+
+    def sendall(self, data) -> None:
+        self.calls.append(bytes(data))
+        self.sock.sendall(data)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def test_the_apps_answers_go_out_with_the_head_joined_to_the_body(worker, listener):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    class Application:  # what gunicorn's worker asks for its WSGI callable
+        def wsgi(self):
+            return app
+
+    worker.app = Application()
+    worker.load_wsgi()
+    client, conn = _served(worker, listener)
+    conn.data_ready = True
+    real = conn.sock
+    conn.sock = writes = _Writes(real)
+    with client, real:
+        client.sendall(_get("/a"))
+        assert worker.handle(conn) is True
+        (written,) = writes.calls
+        assert written.startswith(b"HTTP/1.1 200 OK\r\n") and written.endswith(b"\r\n\r\nok")
+        assert _answers(client, 1)[0].startswith(b"HTTP/1.1 200 OK")
+
+
+def test_a_stopping_worker_reads_a_kept_alive_connections_next_request_at_once(worker, listener):
+    # Left for the next turn, the empty connection would be closed unanswered by
+    # murder_pending (the worker is stopping) though its request had arrived.
+    calls: list[str] = []
+    client, conn = _held(worker, listener, calls)
+    with client, conn.sock:
+        answered: Future = Future()
+        answered.set_result(True)
+        worker.alive = False
+        worker.finish_request(conn, answered)  # kept alive for gunicorn's short linger
+        assert list(worker.keepalived_conns) == [conn]
+        client.sendall(_get("/next"))
+        time.sleep(0.05)
+        worker.on_client_socket_readable(conn, conn.sock)
+        worker.murder_pending()
+        assert worker.reading == {}  # complete: handed to a thread, not closed
+        head = _answers(client, 1)[0]
+        assert calls == ["/next"]
+        assert b"Connection: close" in head

@@ -10,9 +10,12 @@ import threading
 import falcon
 import orjson
 import pytest
+from gunicorn import http
+from gunicorn.config import Config
 from gunicorn.http import errors as h
+from gunicorn.http import wsgi
 
-from service.workers import _GuardedInput, body_length_to_buffer, problem_for, problem_response
+from service.workers import _GuardedInput, _Response, body_length_to_buffer, problem_for, problem_response
 
 HEAD = b"POST /v1/contexts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
 
@@ -124,3 +127,68 @@ def test_guarded_input_turns_a_stalled_socket_into_408_and_marks_the_thread():
     assert info.value.status_code == 408
     assert info.value.slug == "request-timeout"
     assert local.stalled is True
+
+
+class _Writes:
+    """A real socket that also keeps what each sendall was given."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.calls: list[bytes] = []
+
+    def sendall(self, data) -> None:
+        self.calls.append(bytes(data))
+        self.sock.sendall(data)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def _answer(response_class, method: bytes, status: str, headers: list, body=None, file: bytes | None = None):
+    """(sendall calls, bytes on the wire without the Date line) of one answer."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(method + b" /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        req = next(http.get_parser(Config(), ours, ("127.0.0.1", 1)))
+        sock = _Writes(ours)
+        resp = response_class(req, sock, Config())
+        resp.start_response(status, headers)
+        if file is not None:
+            source = io.BytesIO(file)
+            resp.write_file(wsgi.FileWrapper(source))
+        for chunk in body or ():
+            resp.write(chunk)
+        resp.close()
+        ours.shutdown(socket.SHUT_WR)
+        wire = b""
+        while chunk := theirs.recv(65536):
+            wire += chunk
+    lines = [line for line in wire.split(b"\r\n") if not line.startswith(b"Date: ")]
+    return sock.calls, b"\r\n".join(lines)
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "headers", "body", "file", "writes"),
+    [
+        # The usual answer: the head and the body in one write.
+        (b"GET", "200 OK", [("Content-Length", "5")], [b"hello"], None, 1),
+        (b"GET", "200 OK", [("Content-Length", "10")], [b"hello", b"world"], None, 2),
+        # No length: chunked, the head on its own, then gunicorn's framing.
+        (b"GET", "200 OK", [], [b"hello"], None, None),
+        # No body at all: the head goes out when the answer closes.
+        (b"GET", "204 No Content", [], [], None, 1),
+        (b"HEAD", "200 OK", [("Content-Length", "5")], [b"hello"], None, 1),
+        # A file: the head first, then the file as gunicorn sends it.
+        (b"GET", "200 OK", [("Content-Length", "4")], None, b"file", None),
+    ],
+    ids=["one-chunk", "two-chunks", "chunked", "no-content", "head", "file"],
+)
+def test_the_response_sends_the_same_bytes_as_gunicorns_with_the_head_joined_to_the_body(
+    method, status, headers, body, file, writes
+):
+    calls, wire = _answer(_Response, method, status, list(headers), body, file)
+    _stock_calls, stock_wire = _answer(wsgi.Response, method, status, list(headers), body, file)
+    assert wire == stock_wire
+    if writes is not None:
+        assert len(calls) == writes
+    assert calls[0].startswith(b"HTTP/1.1 " + status.encode())
