@@ -80,7 +80,7 @@ CREATE TABLE messages (
     content_tsv  tsvector    GENERATED ALWAYS AS (to_tsvector('simple'::regconfig, left(content, 200000))) STORED,
     embedding_failed_at timestamptz,
     root_id      uuid        NOT NULL,
-    CONSTRAINT messages_pkey PRIMARY KEY (context_id, version, root_id),
+    CONSTRAINT messages_pkey PRIMARY KEY (context_id, root_id, version),
     CONSTRAINT messages_context_fkey FOREIGN KEY (context_id, root_id) REFERENCES contexts (id, root_id),
     CONSTRAINT messages_version_check CHECK (version >= 1),
     CONSTRAINT messages_role_check CHECK (role IN ('system', 'user', 'assistant', 'tool')),

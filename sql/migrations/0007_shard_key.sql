@@ -36,7 +36,7 @@ ALTER TABLE contexts ADD CONSTRAINT contexts_pkey PRIMARY KEY (id, root_id);
 ALTER TABLE contexts ADD CONSTRAINT contexts_parent_fkey
     FOREIGN KEY (parent_id, root_id) REFERENCES contexts (id, root_id);
 ALTER TABLE messages DROP CONSTRAINT messages_pkey;
-ALTER TABLE messages ADD CONSTRAINT messages_pkey PRIMARY KEY (context_id, version, root_id);
+ALTER TABLE messages ADD CONSTRAINT messages_pkey PRIMARY KEY (context_id, root_id, version);
 ALTER TABLE messages ADD CONSTRAINT messages_context_fkey
     FOREIGN KEY (context_id, root_id) REFERENCES contexts (id, root_id);
 
