@@ -54,6 +54,11 @@ Readings of the contract where API.md leaves room:
   as strings of digits, exactly as `next_cursor` returns them.
 - A fork that would read through more ancestor segments than the deployment's
   MAX_LINEAGE_DEPTH is 422 with the pointer "".
+- `Consistency-Token` (not in API.md) is read-your-writes across read replicas: a
+  deployment with replicas answers every successful write with the primary's WAL
+  position after its commit; a read (or search) that sends it back sees that write.
+  Without it a read may lag by the deployment's REPLICA_MAX_LAG_MS. Any deployment
+  checks the header's form (422 naming it); one without replicas sends none.
 
 Rules the server enforces that this document's schemas cannot express:
 - `as_of_version` and `as_of` exclude each other (422 when both are given):

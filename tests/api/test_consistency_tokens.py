@@ -36,12 +36,15 @@ def test_every_successful_write_answers_with_a_token(replicated):
 
 
 def test_reads_refusals_and_searches_carry_no_token(replicated):
-    cid = replicated.post_json("/v1/contexts", {"metadata": {}}, status=201).json["id"]
+    created = replicated.post_json("/v1/contexts", {"metadata": {}}, status=201)
+    cid = created.json["id"]
+    # With the creation's token: a standby not yet there would rightly answer 404.
+    seen = {"Consistency-Token": created.headers["Consistency-Token"]}
     for response in (
-        replicated.get(f"/v1/contexts/{cid}", status=200),
+        replicated.get(f"/v1/contexts/{cid}", headers=seen, status=200),
         replicated.post_json(f"/v1/contexts/{cid}/messages", {"messages": []}, status=422),
-        replicated.post_json(f"/v1/contexts/{cid}/search", {"query": "a"}, status=200),
-        replicated.post_json("/v1/search", {"query": "a"}, status=200),
+        replicated.post_json(f"/v1/contexts/{cid}/search", {"query": "a"}, headers=seen, status=200),
+        replicated.post_json("/v1/search", {"query": "a"}, headers=seen, status=200),
     ):
         assert "Consistency-Token" not in response.headers
 
@@ -89,7 +92,8 @@ def test_without_replicas_a_token_is_accepted_and_none_is_sent(client):
     assert read.json["id"] == created.json["id"]
 
 
-def test_a_write_stands_when_the_primary_cannot_give_its_token(replica_settings, replicated_db, tokenizer, caplog):
+def test_a_write_stands_when_the_primary_cannot_give_its_token(replica_settings, replicated_db, tokenizer, caplog,
+                                                               standby, direct_conninfo):
     # The primary answered the write, then not the position: the write is
     # acknowledged (never turned into an error a client would retry), tokenless.
     store = Store.build(replica_settings, replicated_db, tokenizer)
@@ -111,4 +115,5 @@ def test_a_write_stands_when_the_primary_cannot_give_its_token(replica_settings,
                              status=201)
     assert "Consistency-Token" not in appended.headers
     assert "no consistency token for a committed write" in caplog.text
+    standby.catch_up(direct_conninfo)  # no token to wait with: let the standby have it
     assert app.get(f"/v1/contexts/{cid}", status=200).json["head_version"] == 1
