@@ -10,6 +10,7 @@ import math
 import threading
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
 import orjson
 
@@ -30,7 +31,27 @@ def bag_of_words(text: str, dim: int) -> list[float]:
     return [x / norm for x in vector]
 
 
-class EmbeddingsServer:
+class LoopbackServer:
+    """A threaded HTTP server on 127.0.0.1 (a free port) with `handler`, serving
+    while the `with` block runs; `url` is its `/v1` base."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+class EmbeddingsServer(LoopbackServer):
     """Start with `with EmbeddingsServer(dim) as server:`; `server.url` is the base
     URL to give EMBEDDINGS_URL. `script` holds (status, retry_after) answers to give
     before the next real ones; `requests` counts the calls; `inputs` the texts."""
@@ -96,16 +117,4 @@ class EmbeddingsServer:
                 self._send(200, {"object": "list", "data": data, "model": request.get("model"),
                                  "usage": {"prompt_tokens": 0, "total_tokens": 0}})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> EmbeddingsServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
+        super().__init__(Handler)

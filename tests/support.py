@@ -140,3 +140,18 @@ def small_database(settings, conninfo: str | None = None, *, wait: bool = True, 
     database = Database(small, conninfo or settings.database_url)
     database.pool.open(wait=wait)
     return database
+
+
+class RecordingSocket:
+    """A real socket that also keeps what each sendall was given."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.calls: list[bytes] = []
+
+    def sendall(self, data) -> None:
+        self.calls.append(bytes(data))
+        self.sock.sendall(data)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)

@@ -3,19 +3,17 @@ embeddings, too few vectors) and the /health probe's own outcomes."""
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Self
+from http.server import BaseHTTPRequestHandler
 
 import pytest
-from embeddings_server import API_KEY, EmbeddingsServer
+from embeddings_server import API_KEY, EmbeddingsServer, LoopbackServer
 
 from service.embeddings import Embedder, EmbeddingsUnavailable
 
 DIM = 8
 
 
-class FixedAnswer:
+class FixedAnswer(LoopbackServer):
     """A loopback endpoint answering every POST with 200 and `body`."""
 
     def __init__(self, body: bytes) -> None:
@@ -31,19 +29,7 @@ class FixedAnswer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> Self:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
+        super().__init__(Handler)
 
 
 @pytest.mark.parametrize("body", [b"<html>busy</html>", b'{"object": "list"}', b'{"data": [{"index": 0}]}',

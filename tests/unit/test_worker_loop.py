@@ -20,6 +20,7 @@ import pytest
 from gunicorn import http
 from gunicorn.config import Config
 from gunicorn.http import errors as h
+from support import RecordingSocket
 
 from service import workers
 from service.workers import DeadlineWorker, _Conn
@@ -511,21 +512,6 @@ def test_a_thread_does_not_wait_when_the_wait_is_off(worker, listener, monkeypat
         assert calls == ["/a"]
 
 
-class _Writes:
-    """A real socket that also keeps what each sendall was given."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.calls: list[bytes] = []
-
-    def sendall(self, data) -> None:
-        self.calls.append(bytes(data))
-        self.sock.sendall(data)
-
-    def __getattr__(self, name):
-        return getattr(self.sock, name)
-
-
 def test_the_apps_answers_go_out_with_the_head_joined_to_the_body(worker, listener):
     def app(environ, start_response):
         start_response("200 OK", [("Content-Length", "2")])
@@ -540,7 +526,7 @@ def test_the_apps_answers_go_out_with_the_head_joined_to_the_body(worker, listen
     client, conn = _served(worker, listener)
     conn.data_ready = True
     real = conn.sock
-    conn.sock = writes = _Writes(real)
+    conn.sock = writes = RecordingSocket(real)
     with client, real:
         client.sendall(_get("/a"))
         assert worker.handle(conn) is True

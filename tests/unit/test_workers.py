@@ -14,6 +14,7 @@ from gunicorn import http
 from gunicorn.config import Config
 from gunicorn.http import errors as h
 from gunicorn.http import wsgi
+from support import RecordingSocket
 
 from service.workers import _GuardedInput, _Response, body_length_to_buffer, problem_for, problem_response
 
@@ -129,28 +130,13 @@ def test_guarded_input_turns_a_stalled_socket_into_408_and_marks_the_thread():
     assert local.stalled is True
 
 
-class _Writes:
-    """A real socket that also keeps what each sendall was given."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.calls: list[bytes] = []
-
-    def sendall(self, data) -> None:
-        self.calls.append(bytes(data))
-        self.sock.sendall(data)
-
-    def __getattr__(self, name):
-        return getattr(self.sock, name)
-
-
 def _answer(response_class, method: bytes, status: str, headers: list, body=None, file: bytes | None = None):
     """(sendall calls, bytes on the wire without the Date line) of one answer."""
     ours, theirs = socket.socketpair()
     with ours, theirs:
         theirs.sendall(method + b" /x HTTP/1.1\r\nHost: x\r\n\r\n")
         req = next(http.get_parser(Config(), ours, ("127.0.0.1", 1)))
-        sock = _Writes(ours)
+        sock = RecordingSocket(ours)
         resp = response_class(req, sock, Config())
         resp.start_response(status, headers)
         if file is not None:
