@@ -155,3 +155,19 @@ class RecordingSocket:
 
     def __getattr__(self, name):
         return getattr(self.sock, name)
+
+
+def record_statements(monkeypatch) -> list[tuple[Any, dict[str, Any]]]:
+    """From now until the test ends, every named statement run (service/sql.py),
+    with its parameters, appended to the list returned."""
+    from service.sql import Statement
+
+    seen: list[tuple[Any, dict[str, Any]]] = []
+    original = Statement.run
+
+    def recording(self, conn, **params):
+        seen.append((self, params))
+        return original(self, conn, **params)
+
+    monkeypatch.setattr(Statement, "run", recording)
+    return seen

@@ -12,26 +12,9 @@ from __future__ import annotations
 import orjson
 import psycopg
 import pytest
+from support import record_statements
 
-from service import sql
 from service.queries import Store
-
-
-def _recorded(store_call):
-    """(statement, params) of every named statement store_call runs."""
-    seen = []
-    original = sql.Statement.run
-
-    def recording(self, conn, **params):
-        seen.append((self, params))
-        return original(self, conn, **params)
-
-    sql.Statement.run = recording
-    try:
-        store_call()
-    finally:
-        sql.Statement.run = original
-    return seen
 
 
 def _pages(db, statement, params) -> int:
@@ -68,7 +51,8 @@ def conversations(store: Store, direct_conninfo):
 
 
 @pytest.mark.parametrize("read", ["last 50", "window 2k", "window 8k", "one message"])
-def test_a_read_touches_as_many_pages_on_a_long_conversation_as_on_a_short_one(store, db, conversations, read):
+def test_a_read_touches_as_many_pages_on_a_long_conversation_as_on_a_short_one(store, db, conversations, read,
+                                                                               monkeypatch):
     calls = {
         "last 50": lambda cid: store.messages.list("default", cid, limit=50, descending=True),
         "window 2k": lambda cid: store.messages.window("default", cid, max_tokens=2_000),
@@ -76,10 +60,13 @@ def test_a_read_touches_as_many_pages_on_a_long_conversation_as_on_a_short_one(s
         "one message": lambda cid: store.messages.get("default", cid, 1_000),
     }
     pages = {}
+    seen = record_statements(monkeypatch)
     for size, cid in conversations.items():
         for _ in range(6):  # past psycopg's prepare threshold, as a busy worker is
             calls[read](cid)
-        statement, params = _recorded(lambda: calls[read](cid))[-1]
+        seen.clear()
+        calls[read](cid)
+        statement, params = seen[-1]
         pages[size] = _pages(db, statement, params)
     # Fifty times the messages: a plan that walks the context touches about fifty
     # times the pages; an index range one or two more (a deeper b-tree).

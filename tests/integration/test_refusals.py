@@ -10,11 +10,11 @@ from dataclasses import replace
 from uuid import UUID
 
 import pytest
+from support import record_statements
 
 from service.db import Database
 from service.errors import Invalid, NotFound, PreconditionFailed
 from service.queries import Store
-from service.sql import Statement
 
 ITERATIONS = 1000
 TENANT = "default"
@@ -95,9 +95,7 @@ def test_each_refusal_takes_one_round_trip(race_store, monkeypatch):
     contexts, messages = race_store.contexts, race_store.messages
     cid = contexts.create(TENANT, {})["id"]
     messages.append(TENANT, cid, one("x"))
-    runs = []
-    original = Statement.run
-    monkeypatch.setattr(Statement, "run", lambda self, conn, **p: runs.append(self.name) or original(self, conn, **p))
+    runs = record_statements(monkeypatch)
     refusals = [
         (PreconditionFailed, lambda: messages.append(TENANT, cid, one("y"), if_match=[0])),
         (NotFound, lambda: messages.append(TENANT, UUID(int=0), one("y"))),
