@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -32,12 +34,27 @@ def wait_until(predicate, timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
+def wait_fresh(db: Database) -> Database:
+    """db once its monitor has found its (first) standby fresh."""
+    member = db.replicas.members[0]
+    wait_until(lambda: member.fresh_at > float("-inf"))
+    return db
+
+
+@contextmanager
+def reading_from(settings, replica: str) -> Iterator[Database]:
+    """An open Database reading from `replica`, fresh; closed after."""
+    db = Database(settings, settings.database_url, replica_urls=(replica,))
+    db.open(wait=True)
+    try:
+        yield wait_fresh(db)
+    finally:
+        db.close()
+
+
 @pytest.fixture
 def fresh(replicated_db):
-    """The replicated database once its monitor has found the standby fresh."""
-    member = replicated_db.replicas.members[0]
-    wait_until(lambda: member.fresh_at > float("-inf"))
-    return replicated_db
+    return wait_fresh(replicated_db)
 
 
 @pytest.fixture
@@ -102,11 +119,7 @@ def test_a_token_the_replica_has_not_replayed_is_served_by_the_primary_after_the
 
 def test_past_the_lag_bound_reads_without_token_go_to_the_primary(replica_settings, replica_conninfo, standby):
     settings = dataclasses.replace(replica_settings, replica_max_lag_ms=100)
-    db = Database(settings, settings.database_url, replica_urls=(replica_conninfo,))
-    db.open(wait=True)
-    try:
-        member = db.replicas.members[0]
-        wait_until(lambda: member.fresh_at > float("-inf"))
+    with reading_from(settings, replica_conninfo) as db:
         assert served_by(db) == "replica"
         standby.pause_replay()
         try:
@@ -117,8 +130,6 @@ def test_past_the_lag_bound_reads_without_token_go_to_the_primary(replica_settin
         finally:
             standby.resume_replay()
         wait_until(lambda: served_by(db) == "replica")
-    finally:
-        db.close()
 
 
 def test_a_killed_replica_leaves_every_read_to_the_primary_and_is_used_again_once_back(
@@ -129,12 +140,8 @@ def test_a_killed_replica_leaves_every_read_to_the_primary_and_is_used_again_onc
     own = Standby.create(str(pg_server.host), pg_server.port, pg_server.user, "cs_tests_standby_kill")
     try:
         own.catch_up(direct_conninfo)
-        db = Database(replica_settings, replica_settings.database_url,
-                      replica_urls=(own.conninfo(postgresql.info.dbname),))
-        db.open(wait=True)
-        try:
+        with reading_from(replica_settings, own.conninfo(postgresql.info.dbname)) as db:
             member = db.replicas.members[0]
-            wait_until(lambda: member.fresh_at > float("-inf"))
             assert served_by(db) == "replica"
             own.kill()
             with caplog.at_level(logging.WARNING, logger="context_store"):
@@ -144,8 +151,6 @@ def test_a_killed_replica_leaves_every_read_to_the_primary_and_is_used_again_onc
             assert not member.live()
             own.start()
             wait_until(lambda: served_by(db) == "replica", timeout=15)
-        finally:
-            db.close()
     finally:
         own.destroy(direct_conninfo)
 
