@@ -12,22 +12,40 @@ for all rows, `^` one row or None, `$` one value, `!` the row count
 (insert/update/delete). aiosql's other operators (`<!`, `*!`, `#`) are not used
 here and are refused. Parameters are psycopg's `%(name)s`, bound by the driver;
 no value ever enters SQL text.
+
+A statement whose parameters are all plain scalars (None, str, bool, int, UUID,
+an aware datetime) goes to libpq through psycopg's `pq` layer, its values sent
+as text and its rows loaded by psycopg's own loaders: a cursor's machinery
+(query conversion, the prepared-statement manager, per-call adapters) cost
+30-140 us of CPU a request (bench.profile A/B, bench/RESULTS.md). Anything
+else (arrays, JSON values, floats, a str holding NUL, a connection that is not
+in autocommit and not in a transaction) takes the cursor, so behaviour and
+errors stay psycopg's. Prepared statements follow the connection's
+`prepare_threshold` as psycopg's do (None: never, else after that many runs),
+under names of their own (`cs_<statement>`).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
-from psycopg import Connection
+from psycopg import Connection, errors, generators, pq
+from psycopg.adapt import Transformer
 from psycopg.rows import dict_row
 
 from .paths import sql_dir
 
 _HEADER = re.compile(r"^-- name: (?P<name>[a-z_][a-z0-9_]*)(?P<kind>[\^$!]?)\s*$")
 _KINDS = {"": "all", "^": "one", "$": "value", "!": "rowcount"}
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
+_OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK)
+_IDLE = pq.TransactionStatus.IDLE
 
 
 class SqlFileError(ValueError):
@@ -42,8 +60,36 @@ class Statement:
     kind: str
     doc: str
     text: str
+    # libpq's form: the parameters in order, the text with $1.. for them
+    names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    positional: bytes = field(init=False, repr=False, compare=False)
+    prepared_name: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        names: list[str] = []
+
+        def number(match: re.Match[str]) -> str:
+            name = match[1]
+            if name is None:
+                return "%"
+            if name not in names:
+                names.append(name)
+            return f"${names.index(name) + 1}"
+
+        positional = _PLACEHOLDER.sub(number, self.text)
+        object.__setattr__(self, "names", tuple(names))
+        object.__setattr__(self, "positional", positional.encode())
+        object.__setattr__(self, "prepared_name", f"cs_{self.name}".encode())
 
     def run(self, conn: Connection, **params: Any) -> Any:
+        values = _text_values(self.names, params)
+        if values is not None and (conn.autocommit or conn.pgconn.transaction_status != _IDLE):
+            session = _sessions.get(conn) or _Session.of(conn)
+            if session.utf8:
+                return self._run_on_libpq(conn, session, values)
+        return self._run_on_cursor(conn, params)
+
+    def _run_on_cursor(self, conn: Connection, params: dict[str, Any]) -> Any:
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute(self.text, params)
             if self.kind == "one":
@@ -54,6 +100,90 @@ class Statement:
                 row = cur.fetchone()
                 return None if row is None else next(iter(row.values()))
             return cur.rowcount
+
+    def _run_on_libpq(self, conn: Connection, session: _Session, values: list[bytes | None]) -> Any:
+        pgconn = conn.pgconn
+        with conn.lock:
+            if self.name in session.prepared:
+                pgconn.send_query_prepared(self.prepared_name, values)
+            elif conn.prepare_threshold is not None and session.count(self.name) > conn.prepare_threshold:
+                pgconn.send_prepare(self.prepared_name, self.positional)
+                session.check(conn.wait(generators.execute(pgconn))[-1])
+                session.prepared.add(self.name)
+                pgconn.send_query_prepared(self.prepared_name, values)
+            else:
+                pgconn.send_query_params(self.positional, values)
+            result = session.check(conn.wait(generators.execute(pgconn))[-1])
+        if self.kind == "rowcount":
+            return result.command_tuples
+        rows = result.ntuples
+        if rows == 0:
+            return [] if self.kind == "all" else None
+        tx = session.transformer
+        tx.set_pgresult(result)
+        if self.kind == "value":
+            return tx.load_row(0, tuple)[0]
+        encoding = session.encoding
+        columns = [result.fname(i).decode(encoding) for i in range(result.nfields)]
+        if self.kind == "one":
+            return dict(zip(columns, tx.load_row(0, tuple)))
+        return [dict(zip(columns, row)) for row in tx.load_rows(0, rows, tuple)]
+
+
+def _text_values(names: tuple[str, ...], params: dict[str, Any]) -> list[bytes | None] | None:
+    """The parameters as libpq's text values, or None when one is not a plain
+    scalar (or is missing: the cursor then raises psycopg's error)."""
+    values: list[bytes | None] = []
+    for name in names:
+        value = params.get(name, params)
+        kind = type(value)
+        if value is None:
+            values.append(None)
+        elif kind is str:
+            if "\x00" in value:
+                return None
+            values.append(value.encode())
+        elif kind is bool:
+            values.append(b"t" if value else b"f")
+        elif kind is int or kind is UUID:
+            values.append(str(value).encode())
+        elif kind is datetime and value.tzinfo is not None:
+            values.append(value.isoformat().encode())
+        else:
+            return None
+    return values
+
+
+class _Session:
+    """What the libpq path keeps per connection: the statements prepared on it,
+    how often the others ran, and one Transformer for loading rows with the
+    connection's loaders (pgvector's, the raw JSON one). The Transformer is
+    made from the loaders, not the connection: a session must not keep its
+    connection alive (_sessions holds connections weakly), and the loaders then
+    decode text as UTF-8, the only encoding this path is taken with."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.prepared: set[str] = set()
+        self.runs: dict[str, int] = {}
+        self.transformer = Transformer(conn.adapters)
+        self.encoding = conn.info.encoding
+        self.utf8 = self.encoding == "utf-8"  # the values are encoded as UTF-8
+
+    @classmethod
+    def of(cls, conn: Connection) -> _Session:
+        return _sessions.setdefault(conn, cls(conn))
+
+    def count(self, name: str) -> int:
+        runs = self.runs[name] = self.runs.get(name, 0) + 1
+        return runs
+
+    def check(self, result: pq.abc.PGresult) -> pq.abc.PGresult:
+        if result.status not in _OK:
+            raise errors.error_from_result(result, encoding=self.encoding)
+        return result
+
+
+_sessions: weakref.WeakKeyDictionary[Connection, _Session] = weakref.WeakKeyDictionary()
 
 
 def parse(source: str, origin: str = "<string>") -> dict[str, Statement]:
