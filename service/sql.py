@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 import weakref
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -46,6 +46,9 @@ _KINDS = {"": "all", "^": "one", "$": "value", "!": "rowcount"}
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
 _OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK)
 _IDLE = pq.TransactionStatus.IDLE
+_SQLSTATE = pq.DiagnosticField.SQLSTATE
+_NO_SUCH_STATEMENT = b"26000"  # invalid_sql_statement_name
+_ALREADY_PREPARED = b"42P05"  # duplicate_prepared_statement
 
 
 class SqlFileError(ValueError):
@@ -104,16 +107,25 @@ class Statement:
     def _run_on_libpq(self, conn: Connection, session: _Session, values: list[bytes | None]) -> Any:
         pgconn = conn.pgconn
         with conn.lock:
-            if self.name in session.prepared:
+            if pgconn.transaction_status != _IDLE or conn.prepare_threshold is None:
+                # In a transaction, unnamed: psycopg deallocates every prepared
+                # statement after a rollback (DEALLOCATE ALL), and finding ours
+                # gone would abort the transaction. Outside one it is prepared
+                # again below, at the cost of one round trip.
+                pgconn.send_query_params(self.positional, values)
+                result = _fetch(conn)
+            elif self.name in session.prepared:
                 pgconn.send_query_prepared(self.prepared_name, values)
-            elif conn.prepare_threshold is not None and session.count(self.name) > conn.prepare_threshold:
-                pgconn.send_prepare(self.prepared_name, self.positional)
-                session.check(conn.wait(generators.execute(pgconn))[-1])
-                session.prepared.add(self.name)
-                pgconn.send_query_prepared(self.prepared_name, values)
+                result = _fetch(conn)
+                if result.error_field(_SQLSTATE) == _NO_SUCH_STATEMENT:  # nothing ran: Bind failed
+                    session.prepared.clear()
+                    result = self._prepare_and_run(conn, session, values)
+            elif session.count(self.name) > conn.prepare_threshold:
+                result = self._prepare_and_run(conn, session, values)
             else:
                 pgconn.send_query_params(self.positional, values)
-            result = session.check(conn.wait(generators.execute(pgconn))[-1])
+                result = _fetch(conn)
+            session.check(result)
         if self.kind == "rowcount":
             return result.command_tuples
         rows = result.ntuples
@@ -128,6 +140,20 @@ class Statement:
         if self.kind == "one":
             return dict(zip(columns, tx.load_row(0, tuple)))
         return [dict(zip(columns, row)) for row in tx.load_rows(0, rows, tuple)]
+
+    def _prepare_and_run(self, conn: Connection, session: _Session, values: list[bytes | None]) -> pq.abc.PGresult:
+        pgconn = conn.pgconn
+        pgconn.send_prepare(self.prepared_name, self.positional)
+        prepared = _fetch(conn)
+        if prepared.error_field(_SQLSTATE) != _ALREADY_PREPARED:  # still there from before a 26000
+            session.check(prepared)
+        session.prepared.add(self.name)
+        pgconn.send_query_prepared(self.prepared_name, values)
+        return _fetch(conn)
+
+
+def _fetch(conn: Connection) -> pq.abc.PGresult:
+    return conn.wait(generators.execute(conn.pgconn))[-1]
 
 
 def _text_values(names: tuple[str, ...], params: dict[str, Any]) -> list[bytes | None] | None:
@@ -148,7 +174,12 @@ def _text_values(names: tuple[str, ...], params: dict[str, Any]) -> list[bytes |
         elif kind is int or kind is UUID:
             values.append(str(value).encode())
         elif kind is datetime and value.tzinfo is not None:
-            values.append(value.isoformat().encode())
+            # In UTC: PostgreSQL reads offsets up to 15:59 only, Python has them
+            # up to 23:59 (psycopg's binary form has no offset at all).
+            try:
+                values.append(value.astimezone(UTC).isoformat().encode())
+            except OverflowError:  # the first or last day Python has, moved past it
+                return None
         else:
             return None
     return values

@@ -6,6 +6,7 @@ prepare_threshold under names of its own."""
 from __future__ import annotations
 
 import gc
+import weakref
 from datetime import UTC, datetime, timedelta, timezone
 from uuid import UUID
 
@@ -78,6 +79,10 @@ SELECT %(value)s::float8 * 2
 -- name: echo_time$
 -- A time parameter.
 SELECT %(value)s::timestamptz
+
+-- name: time_in_utc$
+-- A time parameter, as PostgreSQL writes it in UTC.
+SELECT (%(value)s::timestamptz AT TIME ZONE 'UTC')::text
 """)
 
 SAMPLE = {
@@ -181,6 +186,13 @@ def test_other_parameters_go_through_the_cursor(connect):
     # An aware time and a plain string take the libpq way.
     aware = datetime(2026, 11, 27, 6, 0, 0, tzinfo=timezone(timedelta(hours=5)))
     assert S["echo_time"].run(conn, value=aware) == aware
+    # Offsets PostgreSQL would not read (it stops at 15:59), sent in UTC...
+    far = datetime(190, 4, 3, 23, 9, 47, 100000, tzinfo=timezone(-timedelta(hours=20, minutes=48)))
+    assert S["echo_time"].run(conn, value=far) == far
+    # ... unless UTC is past the last (or before the first) day Python has: the cursor's.
+    edge = datetime(1, 1, 1, 2, 0, tzinfo=timezone(timedelta(hours=5)))
+    assert S["time_in_utc"].run(conn, value=edge) == "0001-12-31 21:00:00 BC"
+    assert "cs_time_in_utc" not in ours(conn)
     assert S["echo_text"].run(conn, value="plain") == "plain"
     assert ours(conn) == {"cs_echo_time", "cs_echo_text"}
 
@@ -211,9 +223,11 @@ def test_transactions_are_shared_with_psycopg(connect, rows_table):
     assert S["add_row"].run(conn, id=10) == 1
     assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
     assert ours(conn) == set()
-    # ... then, inside it, libpq sees the row the transaction added.
+    assert len(psycopgs(conn)) == 1
+    # ... then, inside it, libpq (unnamed: no statement prepared by either) sees
+    # the row the transaction added.
     assert S["count_rows"].run(conn, any=True) == 6
-    assert "cs_count_rows" in ours(conn)
+    assert ours(conn) == set() and len(psycopgs(conn)) == 1
     conn.rollback()
     assert S["count_rows"].run(conn, any=True) == 5
     conn.rollback()
@@ -233,13 +247,42 @@ def test_a_connection_not_in_utf8_takes_the_cursor(connect):
     assert ours(conn) == set()
 
 
-def test_a_closed_connection_fails_as_psycopg_says_and_its_session_goes(direct_conninfo):
+def test_a_closed_connection_fails_as_psycopg_says_and_its_session_lets_it_go(direct_conninfo):
     conn = psycopg.connect(direct_conninfo, autocommit=True)
     assert S["a_value"].run(conn, n=1) == 2
-    sessions = len(sql._sessions)
+    assert conn in sql._sessions
     conn.close()
     with pytest.raises(psycopg.OperationalError):
         S["a_value"].run(conn, n=1)
+    gone = weakref.ref(conn)
     del conn
     gc.collect()
-    assert len(sql._sessions) == sessions - 1
+    assert gone() is None  # the session did not keep it alive
+
+
+def test_prepared_again_after_psycopg_deallocates_everything(connect, rows_table):
+    conn = connect(prepare_threshold=0)
+    assert S["a_value"].run(conn, n=1) == 2
+    assert S["bump"].run(conn, n=1) == 1
+    assert S["sum_array"].run(conn, xs=[1]) == 1  # psycopg prepares one of its own
+    assert ours(conn) == {"cs_a_value", "cs_bump"} and psycopgs(conn)
+    # A rollback makes psycopg run DEALLOCATE ALL: ours go too.
+    with pytest.raises(RuntimeError), conn.transaction():
+        raise RuntimeError("roll back")
+    assert ours(conn) == set() and not psycopgs(conn)
+
+    # In a transaction, unnamed: a missing statement would abort it.
+    with conn.transaction():
+        assert S["a_value"].run(conn, n=2) == 4
+        assert S["bump"].run(conn, n=2) == 2
+    assert ours(conn) == set()
+    # Outside one, the missing statement is prepared again and run once.
+    assert S["bump"].run(conn, n=5) == 5
+    assert ours(conn) == {"cs_bump"}
+    assert conn.execute("SELECT array_agg(x ORDER BY id) FROM runner_rows").fetchone()[0] == [3, 2, 1, 1, 1]
+    # Another one whose name the session forgot with the rest but that is still
+    # prepared (only a DEALLOCATE of one name could do that) is taken as it is.
+    conn.execute("PREPARE cs_a_value AS SELECT $1::int * 2", prepare=False)
+    assert S["a_value"].run(conn, n=3) == 6
+    assert ours(conn) == {"cs_a_value", "cs_bump"}
+    assert S["a_value"].run(conn, n=4) == 8
