@@ -73,7 +73,8 @@ class CompareCell:
     clients: int
     current: Result
     ref: Result
-    round_ratios: list[float]  # per-round p50 current/ref (1-client cells split in rounds)
+    round_ratios: list[float]  # per-round p50 current/ref
+    rps_ratios: list[float] = field(default_factory=list)  # per-round req/s current/ref
 
 
 @dataclass
@@ -292,9 +293,10 @@ def measure_pairs(run: Run, clients: Clients, port: int) -> None:
 def measure_compare(run: Run, clients: Clients, current_port: int, ref_ops: list[Operation], ref_port: int) -> None:
     """Every cell on both services, alternating: the current tree and the ref run back
     to back, and which goes first alternates from cell to cell (and from round to
-    round), so a slow minute of the machine hits both sides alike. 1-client cells are
+    round), so a slow minute of the machine hits both sides alike. Every cell is
     split into `--compare-rounds` rounds of the cell's budget, each giving one p50
-    ratio; the merged rounds are the cell's result."""
+    ratio and one req/s ratio (on a shared machine a single run of a cell moves by
+    a third from one minute to the next); the merged rounds are the cell's result."""
     assert run.compare is not None
     args = run.args
     ref_by_key = {o.key: o for o in ref_ops}
@@ -303,10 +305,10 @@ def measure_compare(run: Run, clients: Clients, current_port: int, ref_ops: list
     for operation in run.operations:
         ref_operation = ref_by_key[operation.key]
         for concurrency in args.clients:
-            rounds = args.compare_rounds if concurrency == 1 else 1
+            rounds = args.compare_rounds
             duration = args.duration / rounds
             budget = max(1, math.ceil(args.max_requests / rounds))
-            mine, theirs, ratios = [], [], []
+            mine, theirs, ratios, rps_ratios = [], [], [], []
             for r in range(rounds):
                 sides = [("current", operation, current_port), ("ref", ref_operation, ref_port)]
                 if (index + r) % 2:
@@ -318,12 +320,15 @@ def measure_compare(run: Run, clients: Clients, current_port: int, ref_ops: list
                 theirs.append(got["ref"])
                 if got["current"].requests and got["ref"].requests:
                     ratios.append(got["current"].pct(0.5) / got["ref"].pct(0.5))
+                    rps_ratios.append(got["current"].rps / got["ref"].rps)
             index += 1
             current, ref = Result.merged(mine), Result.merged(theirs)
             run.results[(operation.key, "http", concurrency)] = current
-            run.compare.cells.append(CompareCell(operation.key, operation.label, concurrency, current, ref, ratios))
+            run.compare.cells.append(CompareCell(operation.key, operation.label, concurrency, current, ref, ratios,
+                                                 rps_ratios))
             log(f"[{index}/{total}] {operation.label} x{concurrency}: current {describe(current)}; "
-                f"ref {describe(ref)}" + (f"; p50 ratio median {statistics.median(ratios):.2f}" if ratios else ""))
+                f"ref {describe(ref)}" + (f"; p50 ratio median {statistics.median(ratios):.2f}, req/s ratio median "
+                                          f"{statistics.median(rps_ratios):.2f}" if ratios else ""))
 
 
 def measure_writes(run: Run, clients: Clients, api: Api, port: int, auth_api: Api | None, auth_port: int,

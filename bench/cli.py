@@ -97,8 +97,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also start the service of git ref REF (its own database, same data) and run "
                              "every cell on both, alternating; prints a compare table (raw cells skipped)")
     parser.add_argument("--compare-rounds", type=int, default=None,
-                        help="compare mode: 1-client cells run in this many rounds of the cell's budget, "
-                             "alternating the two services, for a median p50 ratio; the writes group's "
+                        help="compare mode: every cell runs in this many rounds of the cell's budget, "
+                             "alternating the two services, for median p50 and req/s ratios; the writes group's "
                              "cells too, alternating the variants (default 3; --quick 2)")
     args = parser.parse_args(argv)
     args.sizes = sorted(set(args.sizes or ([1000, 10000] if args.quick else [1000, 10000, 100000])))

@@ -274,19 +274,25 @@ def _ratio(a: float, b: float) -> float | None:
 
 def compare_rows(run: Run) -> tuple[list[str], list[list[str]]]:
     """The compare table: both services side by side, and current/ref ratios of req/s
-    and p50; for 1-client cells also the median of the per-round p50 ratios."""
+    and p50, and the medians of the per-round ratios (each round runs both services
+    back to back)."""
     assert run.compare is not None
-    header = ["operation", "clients", "cur req/s", "ref req/s", "req/s cur/ref", "cur p50 ms", "ref p50 ms",
-              "p50 cur/ref", "p50 cur/ref, median of rounds", "cur p99 ms", "ref p99 ms", "errors"]
+    header = ["operation", "clients", "cur req/s", "ref req/s", "req/s cur/ref", "req/s cur/ref, median of rounds",
+              "cur p50 ms", "ref p50 ms", "p50 cur/ref", "p50 cur/ref, median of rounds", "cur p99 ms",
+              "ref p99 ms", "errors"]
+
+    def median(rounds: list[float]) -> str:
+        if len(rounds) < 2:
+            return "-"
+        return f"{statistics.median(rounds):.2f} ({len(rounds)}: " + ", ".join(f"{r:.2f}" for r in rounds) + ")"
+
     rows = []
     for cell in run.compare.cells:
         cur, ref = cell.current, cell.ref
-        rounds = cell.round_ratios
-        median = (f"{statistics.median(rounds):.2f} ({len(rounds)}: " + ", ".join(f"{r:.2f}" for r in rounds) + ")"
-                  if len(rounds) > 1 else "-")
         rows.append([
             cell.label, str(cell.clients), _f(cur.rps), _f(ref.rps), _f(_ratio(cur.rps, ref.rps), 2),
-            _f(cur.pct(0.5), 2), _f(ref.pct(0.5), 2), _f(_ratio(cur.pct(0.5), ref.pct(0.5)), 2), median,
+            median(cell.rps_ratios), _f(cur.pct(0.5), 2), _f(ref.pct(0.5), 2),
+            _f(_ratio(cur.pct(0.5), ref.pct(0.5)), 2), median(cell.round_ratios),
             _f(cur.pct(0.99), 2), _f(ref.pct(0.99), 2), str(cur.errors + ref.errors),
         ])
     return header, rows
@@ -301,8 +307,8 @@ def compare_markdown(run: Run) -> list[str]:
         f"- code: current `{c.current_module}`, ref `{c.ref_module}` (exported with `git archive`); "
         f"/openapi.json {c.openapi}",
         f"- ref load: {'; '.join(c.load_rate)}",
-        f"- cells alternate between the two services (which goes first alternates too); 1-client cells run "
-        f"in {run.args.compare_rounds} rounds of the cell's budget, each round giving one p50 ratio. "
+        f"- cells alternate between the two services (which goes first alternates too); every cell runs "
+        f"in {run.args.compare_rounds} rounds of the cell's budget, each round giving one p50 and one req/s ratio. "
         "Ratios are current/ref: above 1 means the current tree is faster in req/s, slower in p50.",
     ]
     for name, rss, pss in c.memory:
