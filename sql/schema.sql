@@ -93,6 +93,10 @@ CREATE TABLE messages (
 CREATE INDEX messages_cum_tokens_idx ON messages (context_id, cum_tokens, version);
 -- Point-in-time: latest version created at or before a timestamp.
 CREATE INDEX messages_created_idx ON messages (context_id, created_at, version);
+-- A message's root follows from its context (0008): without this the planner
+-- takes the two equalities every probe has as independent and costs a generic
+-- plan for one row per context.
+CREATE STATISTICS messages_context_root (dependencies) ON context_id, root_id FROM messages;
 -- Full-text search (0005); TEXT_SEARCH_CONFIG is the expression's configuration.
 CREATE INDEX messages_content_tsv_idx ON messages USING gin (content_tsv);
 -- Nearest neighbours by cosine distance (0005): HNSW needs a dimension, so the

@@ -24,7 +24,7 @@ from service.errors import Unavailable
 from service.tokens import load_tokenizer
 
 NAMES = ["0001_init", "0002_lineage", "0003_versioned_reads", "0004_api_keys", "0005_search", "0006_idempotency",
-         "0007_shard_key"]
+         "0007_shard_key", "0008_context_root_statistics"]
 VERSIONS = [int(name[:4]) for name in NAMES]
 
 

@@ -18,7 +18,7 @@ from service.migrate import LOCK_KEY, CannotMigrate, MigrationError, discover, m
 from service.paths import sql_dir
 
 NAMES = ["0001_init", "0002_lineage", "0003_versioned_reads", "0004_api_keys", "0005_search", "0006_idempotency",
-         "0007_shard_key"]
+         "0007_shard_key", "0008_context_root_statistics"]
 VERSIONS = [int(name[:4]) for name in NAMES]
 
 

@@ -265,7 +265,7 @@ def test_migration_0007_backfills_the_roots_of_existing_rows(empty_database, tmp
                          "created_at) VALUES (%s, %s, 'user', %s, 1, %s, now())",
                          [cid, version, f"{cid}-{version}", cum])
 
-    assert migrate(empty_database.url) == ["0007_shard_key"]
+    assert migrate(empty_database.url) == ["0007_shard_key", "0008_context_root_statistics"]
     with psycopg.connect(empty_database.url) as conn:
         got = conn.execute("SELECT context_id, version, root_id FROM messages ORDER BY 1, 2").fetchall()
         assert got == sorted([(root, 1, root), (root, 2, root), (child, 2, root), (other, 1, other)])
