@@ -1,0 +1,137 @@
+"""Where the machine's CPU goes per request at N clients: the load generator, the
+gunicorn workers, PostgreSQL.
+
+    python -m bench.cpu_split                                   # get, 8 clients, this tree
+    python -m bench.cpu_split --ref 1f68318 --op window --rounds 4
+    python -m bench.cpu_split --clients 1 --op list
+
+At 8 clients the two cores of this machine are full, and throughput is set by the
+CPU each request costs in all: the `http.client` client processes of bench/driver.py,
+the service's workers, the embedded PostgreSQL. This starts the embedded server, the
+service (2 workers; and with `--ref REF` a second service running a git ref, exported
+as compare mode does), loads one context of `--size` messages into each, and runs
+`--rounds` cells of `--seconds` per service, alternating which goes first; per cell it
+reads user + system CPU time (psutil) of each process group before and after and
+divides by the requests served. PostgreSQL is the embedded postmaster and its
+children only (other sessions' servers on a shared machine are not counted). The
+table gives medians over the rounds. Loopback only, stopped in a `finally`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from bench import driver, load, services
+from bench.cli import export_tree, resolve_ref
+from bench.common import REPO, log
+
+OPS = {
+    "get": lambda context, size: {"context_id": context, "head": size},
+    "list": lambda context, size: {"context_id": context, "limit": 50},
+    "window": lambda context, size: {"context_id": context, "max_tokens": 2000},
+}
+GROUPS = ("clients", "workers", "postgres")
+
+
+def _cpu(processes: list[psutil.Process]) -> tuple[float, float]:
+    user = system = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        user, system = user + times.user, system + times.system
+    return user, system
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.cpu_split", description=__doc__.split("\n")[0])
+    parser.add_argument("--op", default="get", choices=sorted(OPS))
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=6.0, help="per cell (default 6)")
+    parser.add_argument("--rounds", type=int, default=3, help="cells per service (default 3)")
+    parser.add_argument("--size", type=int, default=1000, help="messages in the context read (default 1000)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--ref", help="also run this git ref's service, alternating with the current tree")
+    args = parser.parse_args(argv)
+    home = Path(tempfile.mkdtemp(prefix="bench-cpu-split-"))
+    service_args = argparse.Namespace(workers=args.workers, threads=None, log_level="info", service_env=[])
+    embedded, url = services.start_embedded(home / "pg")
+    started: list[tuple[services.Service, str]] = []
+    clients = None
+    try:
+        postmaster = psutil.Process(embedded._server.get_postmaster_info().pid)
+        trees = [("current", REPO)]
+        if args.ref:
+            folder = home / "ref"
+            folder.mkdir()
+            export_tree(resolve_ref(args.ref), folder)
+            trees.append((args.ref, folder))
+        for index, (name, code) in enumerate(trees):
+            service = services.Service(name=name, code_dir=code,
+                                       database_url=services.create_database(url, f"cpu_split_{index}"),
+                                       home=home / f"service{index}", log_path=home / f"service{index}.log")
+            service.start(service_args, require_own_code=code != REPO)
+            assert service.api is not None
+            started.append((service, load.load_context(service.api, args.size, seed=index + 1)))
+        clients = driver.Clients(args.clients, url)
+        rows: dict[str, list[dict[str, float]]] = {name: [] for name, _ in trees}
+        load_at_start = psutil.getloadavg()[0]
+        for round_ in range(args.rounds):
+            for service, context in started if round_ % 2 == 0 else started[::-1]:
+                assert service.proc is not None
+                groups = {
+                    "clients": [psutil.Process(p.pid) for p in clients.procs],
+                    "workers": psutil.Process(service.proc.pid).children(),
+                    "postgres": [postmaster, *postmaster.children()],
+                }
+                specs = [{"mode": "http", "op": args.op, "port": service.port, "seed": k,
+                          "args": OPS[args.op](context, args.size), "max_requests": 10**9,
+                          "duration": args.seconds} for k in range(args.clients)]
+                before = {name: _cpu(group) for name, group in groups.items()}
+                began = time.monotonic()
+                results = clients.run(specs, args.seconds)
+                wall = time.monotonic() - began
+                after = {name: _cpu(group) for name, group in groups.items()}
+                served = sum(len(r["latencies"]) // 8 for r in results)  # an array of doubles
+                row = {"req/s": served / wall}
+                for name in GROUPS:
+                    row[name] = 1e6 * sum(after[name]) - 1e6 * sum(before[name])
+                    row[name] /= served
+                row["workers system"] = 1e6 * (after["workers"][1] - before["workers"][1]) / served
+                row["cores busy"] = sum(row[name] for name in GROUPS) * served / wall / 1e6
+                rows[service.name].append(row)
+                log(f"round {round_ + 1} {service.name}: " + ", ".join(f"{k} {v:.0f}" if k != "cores busy"
+                                                                      else f"{k} {v:.2f}" for k, v in row.items()))
+        print(f"# bench.cpu_split {time.strftime('%Y-%m-%d %H:%M')} UTC: {args.op} of a context of {args.size} "
+              f"messages, {args.clients} clients, {args.rounds} rounds of {args.seconds:g} s, load average "
+              f"{load_at_start:.2f} at start; medians of the rounds, CPU in µs per request")
+        print("| service | req/s | clients | workers | of which system | postgres | all | cores busy |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for name, _ in trees:
+            def median(key: str, name: str = name) -> float:
+                return statistics.median(r[key] for r in rows[name])
+            total = statistics.median(sum(r[g] for g in GROUPS) for r in rows[name])
+            print(f"| {name} | {median('req/s'):,.0f} | {median('clients'):.0f} | {median('workers'):.0f} | "
+                  f"{median('workers system'):.0f} | {median('postgres'):.0f} | {total:.0f} | "
+                  f"{median('cores busy'):.2f} |")
+        return 0
+    finally:
+        if clients is not None:
+            clients.stop()
+        for service, _ in started:
+            service.stop()
+        embedded.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
