@@ -39,13 +39,10 @@ def load_body(schema: Schema, body: Any) -> dict[str, Any]:
     """Validate a parsed JSON body; raise Invalid with a pointer per error."""
     if not isinstance(body, dict):
         raise Invalid.pointer("", "The body must be a JSON object.")
-    entry = _quick_bodies.get(id(schema))
-    if entry is None or entry[0] is not schema:
-        entry = _quick_bodies[id(schema)] = (schema, quick_append_loader(schema))
-    if entry[1] is not None:
-        loaded = entry[1](body)
-        if loaded is not None:
-            return loaded
+    quick = _cached(_quick_bodies, schema, quick_append_loader)
+    loaded = None if quick is None else quick(body)
+    if loaded is not None:
+        return loaded
     try:
         return schema.load(body)
     except ValidationError as exc:
@@ -215,16 +212,21 @@ def quick_loader(schema: Schema) -> QuickLoad | None:
 _quick: dict[int, tuple[Schema, QuickLoad | None]] = {}
 
 
-def load_query(schema: Schema, params: dict[str, Any]) -> dict[str, Any]:
-    """Validate query parameters; raise Invalid naming each bad parameter."""
-    entry = _quick.get(id(schema))
+def _cached(cache: dict[int, tuple[Schema, Any]], schema: Schema, build: Callable[[Schema], Any]) -> Any:
+    """build(schema), made once per schema object."""
+    entry = cache.get(id(schema))
     if entry is None or entry[0] is not schema:
         # The schema is kept in the entry, so its id cannot be reused by another.
-        entry = _quick[id(schema)] = (schema, quick_loader(schema))
-    if entry[1] is not None:
-        loaded = entry[1](params)
-        if loaded is not None:
-            return loaded
+        entry = cache[id(schema)] = (schema, build(schema))
+    return entry[1]
+
+
+def load_query(schema: Schema, params: dict[str, Any]) -> dict[str, Any]:
+    """Validate query parameters; raise Invalid naming each bad parameter."""
+    quick = _cached(_quick, schema, quick_loader)
+    loaded = None if quick is None else quick(params)
+    if loaded is not None:
+        return loaded
     try:
         return schema.load(params)
     except ValidationError as exc:

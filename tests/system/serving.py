@@ -42,6 +42,17 @@ def get(url: str, headers: dict[str, str] | None = None):
     return request(url, headers=headers)
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to a `serve` still running, as an operator stops it; killed only
+    if it has not stopped within 30 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:  # pragma: no cover - only when shutdown hangs
+            proc.kill()
+
+
 def wait_for(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     last = None
@@ -126,11 +137,6 @@ def serve(env: dict[str, str] | None = None, database_url: str | None = None) ->
             raise AssertionError(log_path.read_text()[-3000:]) from None
         yield Served(base, tmp_path / "home" / "pgdata", proc, log_path)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:  # pragma: no cover - only when shutdown hangs
-                proc.kill()
+        stop(proc)
         log.close()
         shutil.rmtree(tmp_path, ignore_errors=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from serving import free_port, get, request, wait_for
+from serving import free_port, get, request, stop, wait_for
 from support import database_url
 
 pytestmark = pytest.mark.slow
@@ -139,11 +138,7 @@ def test_workers_get_every_module_and_no_connection_from_the_master_and_each_ope
         # The master runs no thread of its own: none could have been forked half-way.
         assert os.listdir(f"/proc/{proc.pid}/task") == [str(proc.pid)]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:  # pragma: no cover - only when shutdown hangs
-            proc.kill()
+        stop(proc)
     try:
         assert proc.returncode == 0, log_path.read_text()[-3000:]
         forked = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in records.glob("forked-*.json")}

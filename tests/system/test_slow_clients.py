@@ -9,7 +9,6 @@ import os
 import re
 import selectors
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from serving import stop
 
 pytestmark = pytest.mark.slow
 
@@ -118,12 +118,7 @@ def server():
             time.sleep(0.2)
         yield port, log_path
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:  # pragma: no cover - only when shutdown hangs
-                proc.kill()
+        stop(proc)
         log.close()
         shutil.rmtree(tmp_path, ignore_errors=True)
 

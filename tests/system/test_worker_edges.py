@@ -19,7 +19,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from serving import free_port, request, serve
+from serving import free_port, request, serve, stop
 from support import database_url
 
 from service import config
@@ -146,11 +146,7 @@ def test_tls_is_served_by_gunicorns_own_reading_in_a_thread(certificate, postgre
                 refused = b""
             assert not refused.startswith(b"HTTP/1.1 200")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:  # pragma: no cover - only when shutdown hangs
-            proc.kill()
+        stop(proc)
         shutil.rmtree(home, ignore_errors=True)
 
 
