@@ -115,14 +115,6 @@ def cacheable(req: falcon.Request, resp: falcon.Response, version: int, document
 # Idempotency-Key: 1..255 visible ASCII characters (API.md).
 IDEMPOTENCY_KEY_PATTERN = "^[!-~]{1,255}$"
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
-IDEMPOTENCY_KEY = {
-    "in": "header",
-    "name": "Idempotency-Key",
-    "required": False,
-    "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
-    "description": "a retry with the same key and body gets the first response and writes nothing "
-    "(scoped to the tenant, method and path; kept at least IDEMPOTENCY_TTL_HOURS)",
-}
 _REPLAYED_HEADERS = ("ETag", "Location")
 
 

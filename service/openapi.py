@@ -23,6 +23,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 
 from . import __version__
 from .config import Settings
+from .http import IDEMPOTENCY_KEY_PATTERN, IF_MATCH_PATTERN
 from .replicas import LSN_PATTERN
 from .schemas import responses
 from .schemas.fields import METADATA_MARK
@@ -202,23 +203,35 @@ def _problem(code: str) -> dict[str, Any]:
     return _response(_STANDARD[code], "Problem", headers, "application/problem+json")
 
 
-CONSISTENCY_TOKEN = {
-    "in": "header",
-    "name": "Consistency-Token",
-    "required": False,
-    "schema": {"type": "string", "pattern": LSN_PATTERN},
-    "description": "a write's Consistency-Token: the read sees that write (a replica that has replayed it, "
+def header_parameter(name: str, description: str, pattern: str | None = None) -> dict[str, Any]:
+    """An optional request header, as an OpenAPI parameter (`headers=` of @operation)."""
+    schema = {"type": "string"} if pattern is None else {"type": "string", "pattern": pattern}
+    return {"in": "header", "name": name, "required": False, "schema": schema, "description": description}
+
+
+CONSISTENCY_TOKEN = header_parameter(
+    "Consistency-Token",
+    "a write's Consistency-Token: the read sees that write (a replica that has replayed it, "
     "else the primary). Without it a read may lag the latest writes by up to the deployment's "
     "REPLICA_MAX_LAG_MS when it reads from replicas",
-}
-
-REQUEST_ID = {
-    "in": "header",
-    "name": "X-Request-Id",
-    "required": False,
-    "schema": {"type": "string"},
-    "description": "echoed on the response when 1..128 of [A-Za-z0-9._:-]; generated otherwise",
-}
+    LSN_PATTERN,
+)
+REQUEST_ID = header_parameter(
+    "X-Request-Id", "echoed on the response when 1..128 of [A-Za-z0-9._:-]; generated otherwise"
+)
+IDEMPOTENCY_KEY = header_parameter(
+    "Idempotency-Key",
+    "a retry with the same key and body gets the first response and writes nothing "
+    "(scoped to the tenant, method and path; kept at least IDEMPOTENCY_TTL_HOURS)",
+    IDEMPOTENCY_KEY_PATTERN,
+)
+IF_MATCH = header_parameter(
+    "If-Match", 'append only if the head is still this version: "<head_version>" (a list of them) or *',
+    IF_MATCH_PATTERN,
+)
+IF_NONE_MATCH = header_parameter(
+    "If-None-Match", 'an ETag of an earlier read ("<version>") or *: 304 when it still holds'
+)
 
 
 def build_spec(app: falcon.App, schemas: RequestSchemas, settings: Settings) -> dict[str, Any]:

@@ -6,8 +6,8 @@ from uuid import UUID
 
 import falcon
 
-from ..http import IDEMPOTENCY_KEY, JSON, MERGE_PATCH, BodyReader, etag, idempotent, link_next, send
-from ..openapi import operation
+from ..http import JSON, MERGE_PATCH, BodyReader, etag, idempotent, link_next, send
+from ..openapi import IDEMPOTENCY_KEY, operation
 from ..queries.contexts import Contexts
 from ..queries.idempotency import Idempotency
 from ..representations import context_doc, decode_cursor, encode_cursor

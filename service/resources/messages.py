@@ -6,38 +6,14 @@ from uuid import UUID
 
 import falcon
 
-from ..http import (
-    IDEMPOTENCY_KEY,
-    IF_MATCH_PATTERN,
-    BodyReader,
-    cacheable,
-    etag,
-    idempotent,
-    link_next,
-    parse_if_match,
-    send,
-)
-from ..openapi import operation
+from ..http import BodyReader, cacheable, etag, idempotent, link_next, parse_if_match, send
+from ..openapi import IDEMPOTENCY_KEY, IF_MATCH, IF_NONE_MATCH, operation
 from ..queries.idempotency import Idempotency
 from ..queries.messages import Messages
 from ..schemas.loading import load_body, load_query
 from ..schemas.requests import RequestSchemas
 
 TAG = "messages"
-IF_MATCH = {
-    "in": "header",
-    "name": "If-Match",
-    "required": False,
-    "schema": {"type": "string", "pattern": IF_MATCH_PATTERN},
-    "description": 'append only if the head is still this version: "<head_version>" (a list of them) or *',
-}
-IF_NONE_MATCH = {
-    "in": "header",
-    "name": "If-None-Match",
-    "required": False,
-    "schema": {"type": "string"},
-    "description": 'an ETag of an earlier read ("<version>") or *: 304 when it still holds',
-}
 
 
 class Collection:
