@@ -56,6 +56,16 @@ class Result:
         return self.latencies[index] * 1000.0
 
     @staticmethod
+    def of_answers(answers: list[dict[str, Any]]) -> "Result":
+        """One cell's result from its clients' answers (bench/driver.py)."""
+        latencies = array("d")
+        for answer in answers:
+            latencies.frombytes(answer["latencies"])
+        first = next((a["first_error"] for a in answers if a["first_error"]), None)
+        wall = max(a["end"] for a in answers) - min(a["start"] for a in answers)
+        return Result(len(latencies), sum(a["errors"] for a in answers), wall, sorted(latencies), first)
+
+    @staticmethod
     def merged(parts: list["Result"]) -> "Result":
         """Several short runs of one cell as one: requests and wall time add up."""
         latencies = sorted(x for part in parts for x in part.latencies)
@@ -224,16 +234,9 @@ def measure(args: argparse.Namespace, clients: Clients, operation: Operation, mo
     except CellFailed as exc:
         log(f"{operation.key} {mode} x{concurrency} failed to start: {exc.args[0].strip().splitlines()[-1]}")
         return Result(0, concurrency, 0.0, [], exc.args[0].strip().splitlines()[-1])
-    latencies = array("d")
-    errors, first_error = 0, None
-    for answer in answers:
-        latencies.frombytes(answer["latencies"])
-        errors += answer["errors"]
-        first_error = first_error or answer["first_error"]
-    wall = max(a["end"] for a in answers) - min(a["start"] for a in answers)
-    result = Result(len(latencies), errors, wall, sorted(latencies), first_error)
-    if errors:
-        log(f"{operation.key} {mode} x{concurrency}: {errors} errors, first: {first_error}")
+    result = Result.of_answers(answers)
+    if result.errors:
+        log(f"{operation.key} {mode} x{concurrency}: {result.errors} errors, first: {result.first_error}")
     return result
 
 

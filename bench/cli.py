@@ -41,7 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import cells, facts, load, report, services
-from bench.common import OUT_DIR, REPO, RESULTS_MD, log
+from bench.common import OUT_DIR, REPO, RESULTS_MD, interrupt, log, uninterrupted
 
 # bench/RESULTS.md from this line on holds other suites' figures; --write-results keeps it.
 OTHER_SUITES = "<!-- other suites -->"
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     ref_dir: Path | None = None
     embedded = clients = None
     started: list[services.Service] = []
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous_term = signal.signal(signal.SIGTERM, interrupt)
     try:
         if args.compare is not None:
             commit = args.compare_commit
@@ -323,23 +323,15 @@ def main(argv: list[str] | None = None) -> int:
         log("interrupted; stopping everything")
         return 130
     finally:
-        # a second Ctrl-C or SIGTERM must not cut the cleanup short: that would leave
-        # gunicorn and PostgreSQL running with no one left to stop them
-        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if clients is not None:
-            clients.stop()
-        for service in reversed(started):
-            service.stop()
-        if embedded is not None:
-            log("stopping embedded PostgreSQL")
-            embedded.stop()
-        shutil.rmtree(home, ignore_errors=True)
-        if ref_dir is not None:
-            shutil.rmtree(ref_dir, ignore_errors=True)
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+        with uninterrupted():
+            if clients is not None:
+                clients.stop()
+            for service in reversed(started):
+                service.stop()
+            if embedded is not None:
+                log("stopping embedded PostgreSQL")
+                embedded.stop()
+            shutil.rmtree(home, ignore_errors=True)
+            if ref_dir is not None:
+                shutil.rmtree(ref_dir, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous_term)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -30,8 +31,9 @@ from pathlib import Path
 import psutil
 
 from bench import driver, load, services
+from bench.cells import Result
 from bench.cli import export_tree, resolve_ref
-from bench.common import REPO, log
+from bench.common import REPO, interrupt, log, uninterrupted
 
 OPS = {
     "get": lambda context, size: {"context_id": context, "head": size},
@@ -67,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     embedded, url = services.start_embedded(home / "pg")
     started: list[tuple[services.Service, str]] = []
     clients = None
+    previous_term = signal.signal(signal.SIGTERM, interrupt)
     try:
-        postmaster = psutil.Process(embedded._server.get_postmaster_info().pid)
+        # postmaster.pid's first line is the postmaster's pid (PostgreSQL's own file)
+        postmaster = psutil.Process(int((embedded.pgdata / "postmaster.pid").read_text().split()[0]))
         trees = [("current", REPO)]
         if args.ref:
             folder = home / "ref"
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 results = clients.run(specs, args.seconds)
                 wall = time.monotonic() - began
                 after = {name: _cpu(group) for name, group in groups.items()}
-                served = sum(len(r["latencies"]) // 8 for r in results)  # an array of doubles
+                served = Result.of_answers(results).requests
                 row = {"req/s": served / wall}
                 for name in GROUPS:
                     row[name] = 1e6 * sum(after[name]) - 1e6 * sum(before[name])
@@ -124,13 +128,18 @@ def main(argv: list[str] | None = None) -> int:
                   f"{median('workers system'):.0f} | {median('postgres'):.0f} | {total:.0f} | "
                   f"{median('cores busy'):.2f} |")
         return 0
+    except KeyboardInterrupt:
+        log("interrupted; stopping everything")
+        return 130
     finally:
-        if clients is not None:
-            clients.stop()
-        for service, _ in started:
-            service.stop()
-        embedded.stop()
-        shutil.rmtree(home, ignore_errors=True)
+        with uninterrupted():
+            if clients is not None:
+                clients.stop()
+            for service, _ in started:
+                service.stop()
+            embedded.stop()
+            shutil.rmtree(home, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ from psycopg.conninfo import conninfo_to_dict  # noqa: E402
 from bench import load as bench_load  # noqa: E402
 from bench import report, services  # noqa: E402
 from bench.cells import Result, fresh_contexts  # noqa: E402
-from bench.common import HOST, OUT_DIR, RESULTS_MD, log  # noqa: E402
+from bench.common import HOST, OUT_DIR, RESULTS_MD, interrupt, log, uninterrupted  # noqa: E402
 from bench.driver import CellFailed, Clients  # noqa: E402
 
 DATABASE = "context_store_nodes"
@@ -414,23 +414,15 @@ def run_cell(args: argparse.Namespace, clients: Clients, api: services.Api, mete
     finally:
         cpu = meter.stop()
         pools = sampler.end()
-    latencies = array("d")
-    errors, first_error = 0, None
+    result = Result.of_answers(answers)
     per_node = {str(n + 1): 0 for n in range(2)}
     node_of = {port: str(n + 1) for n, port in enumerate(args.node_ports)}
     for spec, answer in zip(specs, answers):
-        got = array("d")
-        got.frombytes(answer["latencies"])
-        latencies.extend(got)
-        per_node[node_of[spec["port"]]] += len(got)
-        errors += answer["errors"]
-        first_error = first_error or answer["first_error"]
-    wall = max(a["end"] for a in answers) - min(a["start"] for a in answers)
-    result = Result(len(latencies), errors, wall, sorted(latencies), first_error)
-    if errors:
-        log(f"{load} x{concurrency} ({topology}): {errors} errors, first: {first_error}")
-    return Cell(load, concurrency, topology, round_, result.requests, errors, wall, result.rps, result.pct(0.5),
-                result.pct(0.99), first_error, per_node, cpu, pools)
+        per_node[node_of[spec["port"]]] += len(answer["latencies"]) // array("d").itemsize
+    if result.errors:
+        log(f"{load} x{concurrency} ({topology}): {result.errors} errors, first: {result.first_error}")
+    return Cell(load, concurrency, topology, round_, result.requests, result.errors, result.wall, result.rps,
+                result.pct(0.5), result.pct(0.99), result.first_error, per_node, cpu, pools)
 
 
 def measure(args: argparse.Namespace, clients: Clients, api: services.Api, meter: CpuMeter, bouncer: Bouncer,
@@ -592,10 +584,6 @@ def node_settings(service_args: SimpleNamespace):
     return Settings.from_env(env)
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = datetime.now(timezone.utc)
@@ -608,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(tempfile.mkdtemp(prefix="context-store-nodes-"))
     embedded = bouncer = clients = None
     nodes: list[services.Service] = []
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous_term = signal.signal(signal.SIGTERM, interrupt)
     try:
         service_args = SimpleNamespace(
             workers=args.workers, threads=args.threads, log_level=args.log_level,
@@ -680,22 +668,19 @@ def main(argv: list[str] | None = None) -> int:
         log("interrupted; stopping everything")
         return 130
     finally:
-        # a second Ctrl-C or SIGTERM must not cut the cleanup short
-        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if clients is not None:
-            clients.stop()
-        for node in nodes:
-            node.stop()
-        if bouncer is not None:
-            bouncer.stop()
-            shutil.rmtree(bouncer.folder, ignore_errors=True)
-        if embedded is not None:
-            log("stopping embedded PostgreSQL")
-            embedded.stop()
-        shutil.rmtree(home, ignore_errors=True)
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
+        with uninterrupted():
+            if clients is not None:
+                clients.stop()
+            for node in nodes:
+                node.stop()
+            if bouncer is not None:
+                bouncer.stop()
+                shutil.rmtree(bouncer.folder, ignore_errors=True)
+            if embedded is not None:
+                log("stopping embedded PostgreSQL")
+                embedded.stop()
+            shutil.rmtree(home, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 if __name__ == "__main__":
