@@ -13,8 +13,10 @@ database, no middleware):
 - `wsgi`: a plain WSGI callable;
 - `falcon`: a Falcon app with the service's message route and nothing else;
 
-each under the service's worker (`service.workers.DeadlineWorker`) and gunicorn's
-own `gthread` and `sync` workers, one worker of 4 threads (sync: one process, and a
+each under the service's worker (`service.workers.DeadlineWorker`), the same
+worker with service/quickparse.py turned off (`GunicornParsing`: every request
+through gunicorn's parser and `wsgi.create`), and gunicorn's own `gthread` and
+`sync` workers, one worker of 4 threads (sync: one process, and a
 new connection per request, since it does not keep connections alive). Per cell:
 p50 and p90 of the client's request time, the worker's CPU per request (user and
 system, psutil) and the client's own CPU per request. Cells alternate round by
@@ -40,6 +42,14 @@ from bench.services import free_port
 APPS = '''
 import falcon
 
+from service.workers import DeadlineWorker
+
+
+class GunicornParsing(DeadlineWorker):
+    """The service's worker with every request parsed by gunicorn (no quickparse)."""
+
+    quick_parsing = False
+
 BODY = b'{"version":517,"role":"user","content":"' + b"x" * 200 + (
     b'","token_count":50,"metadata":{},"created_at":"2026-11-27T06:00:00.000000Z"}')
 
@@ -59,7 +69,7 @@ falcon_app = falcon.App()
 falcon_app.add_route("/v1/contexts/{context_id:uuid}/messages/{version:int}", Message())
 '''
 PATH = "/v1/contexts/01a21bce-2bb6-7e73-ac26-f46d5defe91f/messages/517"
-WORKERS = ("service.workers.DeadlineWorker", "gthread", "sync")
+WORKERS = ("service.workers.DeadlineWorker", "floor_apps.GunicornParsing", "gthread", "sync")
 TARGETS = {"wsgi": "floor_apps:wsgi", "falcon": "floor_apps:falcon_app"}
 
 

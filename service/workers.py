@@ -28,12 +28,14 @@ problem+json with an X-Request-Id, like every answer of the app.
 from __future__ import annotations
 
 import errno
+import io
 import re
 import selectors
 import socket
 import threading
 import time
 import uuid
+from datetime import datetime
 from functools import partial
 from urllib.parse import quote
 
@@ -47,6 +49,7 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 from . import metrics
 from .config import Settings
 from .problems import INTERNAL_DETAIL, PROBLEM_JSON, Problem
+from .quickparse import QuickParser, QuickRequest, quick_parsing_applies
 
 # A thread that answered a kept-alive request serves the connection's next one
 # itself when its bytes arrive within HOLD_WAIT seconds, instead of handing the
@@ -299,6 +302,11 @@ class _GuardedInput:
 class DeadlineWorker(ThreadWorker):
     """gthread that gives a thread only complete requests, and drops clients that miss a deadline."""
 
+    # Plain requests are parsed by service/quickparse.py when the configuration
+    # allows it (quick_parsing_applies); False sends every one through gunicorn's
+    # parser (bench/floor.py compares the two).
+    quick_parsing = True
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         settings = Settings.from_env()
@@ -332,8 +340,14 @@ class DeadlineWorker(ThreadWorker):
             client_sock.setblocking(True)
             self.enqueue_req(conn)
             return
-        conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
+        conn.parser = self.parser_for(conn)
         self._read_request(conn, b"")
+
+    def parser_for(self, conn: _Conn):
+        """service/quickparse.py's parser where it applies, else gunicorn's."""
+        if self.quick_parsing and quick_parsing_applies(self.cfg, conn.server):
+            return QuickParser(self.cfg, conn.sock, conn.client, conn.server)
+        return http.get_parser(self.cfg, conn.sock, conn.client)
 
     def on_client_socket_readable(self, conn, client):
         # A kept-alive connection starts its next request: its head gets the
@@ -522,6 +536,10 @@ class DeadlineWorker(ThreadWorker):
         local = self._local
 
         def guarded(environ, start_response):
+            if environ["wsgi.input"].__class__ is io.BytesIO:
+                # A request QuickParser read: its body is in memory (it cannot
+                # stall) and its response joins the head to the body already.
+                return app(environ, start_response)
             environ["wsgi.input"] = _GuardedInput(environ["wsgi.input"], local)
             response = start_response.__self__  # gunicorn's start_response is its Response's bound method
             # Nothing is written yet: from here on an HTTP/1 head goes out with the
@@ -603,6 +621,8 @@ class DeadlineWorker(ThreadWorker):
 
     def handle_request(self, req, conn):
         try:
+            if isinstance(req, QuickRequest):
+                return self._handle_quick_request(req, conn)
             return super().handle_request(req, conn)
         except TimeoutError:
             # The client stopped reading its response for CLIENT_BODY_TIMEOUT.
@@ -611,6 +631,57 @@ class DeadlineWorker(ThreadWorker):
                 "slow client %s dropped: it read no response for %gs", _peer(conn.client), self.body_timeout
             )
             return False
+
+    def _handle_quick_request(self, req: QuickRequest, conn) -> bool:
+        """gthread's handle_request for a request QuickParser parsed: its environ
+        comes from the parser, its body is in memory (no stall to guard against),
+        and its head goes out with the body. The rest is gthread's, step for step."""
+        environ = {}
+        resp = None
+        try:
+            self.cfg.pre_request(self, req)
+            request_start = datetime.now()
+            resp = _Response(req, conn.sock, self.cfg)
+            environ = conn.parser.environ(req, conn.sock, resp)
+            self.nr += 1
+            if self.nr >= self.max_requests:
+                if self.alive:
+                    self.log.info("Autorestarting worker after current request.")
+                    self.alive = False
+                resp.force_close()
+            if not self.alive or not self.cfg.keepalive:
+                resp.force_close()
+            elif len(self.keepalived_conns) >= self.max_keepalived:
+                resp.force_close()
+            respiter = self.wsgi(environ, resp.start_response)
+            try:
+                if isinstance(respiter, environ["wsgi.file_wrapper"]):
+                    resp.write_file(respiter)
+                else:
+                    for item in respiter:
+                        resp.write(item)
+                resp.close()
+            finally:
+                self.log.access(resp, req, environ, datetime.now() - request_start)
+                if hasattr(respiter, "close"):
+                    respiter.close()
+            if resp.should_close():
+                self.log.debug("Closing connection.")
+                return False
+        except OSError:
+            raise
+        except (Exception, SystemExit):
+            if resp and resp.headers_sent:
+                self.log.exception("Error handling request")
+                util.close_graceful(conn.sock)
+                raise StopIteration() from None
+            raise
+        finally:
+            try:
+                self.cfg.post_request(self, req, environ, resp)
+            except Exception:
+                self.log.exception("Exception in post_request hook")
+        return True
 
     def _keepalive_after(self, conn, keepalive):
         if getattr(self._local, "stalled", False):

@@ -8,6 +8,7 @@ demand."""
 from __future__ import annotations
 
 import errno
+import io
 import selectors
 import socket
 import struct
@@ -114,7 +115,7 @@ def _served(worker, listener) -> tuple[socket.socket, _Conn]:
     client = _client(listener)
     sock, addr = listener.accept()
     conn = _Conn(worker.cfg, sock, addr, listener.getsockname())
-    conn.parser = http.get_parser(worker.cfg, conn.sock, conn.client)
+    conn.parser = worker.parser_for(conn)
     worker.nr_conns += 1
     return client, conn
 
@@ -554,3 +555,143 @@ def test_a_stopping_worker_reads_a_kept_alive_connections_next_request_at_once(w
         head = _answers(client, 1)[0]
         assert calls == ["/next"]
         assert b"Connection: close" in head
+
+
+# ------------------------------------------------------------ quick requests
+
+def _serve_one(worker, listener, app, quick: bool, request: bytes = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"):
+    """One request through worker.handle with the given WSGI app, its request
+    parsed by service/quickparse.py (quick) or by gunicorn: (handle's result,
+    what the client received until the server closed or went quiet)."""
+
+    class Application:
+        def wsgi(self):
+            return app
+
+    worker.app = Application()
+    worker.load_wsgi()
+    worker.quick_parsing = quick
+    client, conn = _served(worker, listener)
+    conn.data_ready = True
+    with client, conn.sock:
+        conn.parser.unreader.unread(request)  # as the event loop hands a complete request over
+        kept = worker.handle(conn)
+        client.settimeout(0.2)
+        received = b""
+        try:
+            while chunk := client.recv(65536):
+                received += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    assert (type(conn.parser).__name__ == "QuickParser") is quick
+    return kept, received
+
+
+def _ok(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"ok"]
+
+
+@pytest.mark.parametrize("quick", [True, False], ids=["quick", "gunicorn"])
+def test_a_file_wrapper_answer_is_sent_and_closed(worker, listener, quick):
+    closed = []
+
+    class Stream(io.BytesIO):
+        def close(self):
+            closed.append(True)
+            super().close()
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "2")])
+        return environ["wsgi.file_wrapper"](Stream(b"ok"))
+
+    kept, received = _serve_one(worker, listener, app, quick)
+    assert kept is True and received.endswith(b"\r\n\r\nok") and closed == [True]
+
+
+@pytest.mark.parametrize("quick", [True, False], ids=["quick", "gunicorn"])
+@pytest.mark.parametrize("limit", ["keepalive", "max_keepalived", "max_requests", "stopped"])
+def test_a_request_at_a_connection_limit_is_answered_with_close(worker, listener, quick, limit):
+    if limit == "keepalive":
+        worker.cfg.set("keepalive", 0)
+    elif limit == "max_keepalived":
+        worker.max_keepalived = 0
+    elif limit == "max_requests":
+        worker.max_requests = 1
+    else:
+        worker.max_requests, worker.alive = 1, False  # already stopping: no second "Autorestarting"
+    kept, received = _serve_one(worker, listener, _ok, quick)
+    assert kept is False
+    assert b"Connection: close\r\n" in received and received.endswith(b"ok")
+    restarting = worker.log.at("info").count("Autorestarting worker after current request.")
+    assert restarting == (limit == "max_requests")
+
+
+@pytest.mark.parametrize("quick", [True, False], ids=["quick", "gunicorn"])
+def test_an_app_failing_before_its_answer_gets_a_problem_500(worker, listener, quick):
+    def app(environ, start_response):
+        raise RuntimeError("a bug")
+
+    kept, received = _serve_one(worker, listener, app, quick)
+    assert kept is False
+    head, body = received.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 500 ") and orjson.loads(body)["instance"] == "/a"
+    assert b"a bug" not in received
+
+
+@pytest.mark.parametrize("quick", [True, False], ids=["quick", "gunicorn"])
+def test_an_app_failing_after_its_head_is_cut_off_and_logged(worker, listener, quick):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "4")])
+        yield b"ok"
+        raise RuntimeError("a bug")
+
+    kept, received = _serve_one(worker, listener, app, quick)
+    assert kept is False
+    assert received == b"" or received.startswith(b"HTTP/1.1 200 OK")
+    assert b"500" not in received
+    assert worker.log.at("exception") == ["Error handling request"]
+
+
+@pytest.mark.parametrize("quick", [True, False], ids=["quick", "gunicorn"])
+def test_a_socket_error_in_the_app_is_logged_and_closes(worker, listener, quick):
+    def app(environ, start_response):
+        raise OSError(errno.EIO, "disk")
+
+    kept, received = _serve_one(worker, listener, app, quick)
+    assert kept is False and received == b""
+    assert worker.log.at("exception") == ["Socket error processing request."]
+
+
+@pytest.mark.parametrize("quick", [True, False], ids=["quick", "gunicorn"])
+def test_a_failing_post_request_hook_is_logged_and_the_answer_stands(worker, listener, quick):
+    def post_request(worker, req, environ, resp):
+        raise RuntimeError("hook")
+
+    worker.cfg.set("post_request", post_request)
+    kept, received = _serve_one(worker, listener, _ok, quick)
+    assert kept is True and received.endswith(b"ok")
+    assert worker.log.at("exception") == ["Exception in post_request hook"]
+
+
+@pytest.mark.parametrize("quick", [True, False], ids=["quick", "gunicorn"])
+def test_the_app_sees_the_same_environ_and_body_either_way(worker, listener, quick):
+    seen = {}
+
+    def app(environ, start_response):
+        seen.update({k: v for k, v in environ.items() if isinstance(v, (str, bool, tuple))})
+        seen["body"] = environ["wsgi.input"].read()
+        return _ok(environ, start_response)
+
+    request = b"POST /a%20b?x=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nX-A: 1\r\nX-A: 2\r\n\r\nabc"
+    kept, received = _serve_one(worker, listener, app, quick, request)
+    assert kept is True and received.endswith(b"ok")
+    port = seen.pop("REMOTE_PORT")
+    assert port.isdigit() and seen.pop("SERVER_PORT").isdigit()
+    assert seen == {
+        "wsgi.version": (1, 0), "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
+        "wsgi.input_terminated": True, "SERVER_SOFTWARE": seen["SERVER_SOFTWARE"], "REQUEST_METHOD": "POST",
+        "QUERY_STRING": "x=1", "RAW_URI": "/a%20b?x=1", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "h",
+        "CONTENT_LENGTH": "3", "HTTP_X_A": "1,2", "wsgi.url_scheme": "http", "REMOTE_ADDR": "127.0.0.1",
+        "SERVER_NAME": "127.0.0.1", "PATH_INFO": "/a b", "SCRIPT_NAME": "", "body": b"abc",
+    }
