@@ -39,6 +39,8 @@ keepalive = 5
 preload_app = False  # each worker builds its app, and its pool, after fork
 wsgi_app = "service.runtime:worker_app()"
 accesslog = None  # the app logs one line per request, with its request id
+# gunicorn's own access line stays off with LOG_FORMAT=json's logging config too.
+logger_class = "service.logs.GunicornLogger"
 loglevel = _settings.log_level
 if _settings.log_format == "json":
     # gunicorn's own lines (boot, worker exits) as JSON too: one format per stream.

@@ -9,6 +9,7 @@ import time
 from datetime import datetime, timezone
 
 import orjson
+from gunicorn import glogging
 
 # Fields a log call may pass in `extra=` that the JSON lines carry as their own keys.
 FIELDS = ("request_id", "method", "path", "status", "duration_ms")
@@ -125,3 +126,16 @@ class InfoLines:
                 # A closed or failing stream: logging would print a traceback
                 # per line to stderr; one lost access line is all this costs.
                 pass
+
+
+class GunicornLogger(glogging.Logger):
+    """gunicorn's logger, whose access lines are on only when `accesslog` is set.
+
+    The app writes one access line per request, with its request id
+    (middleware.py), and the service sets no `accesslog`. gunicorn's Logger also
+    turns its own access line on whenever a logging config is given, which
+    LOG_FORMAT=json is: every request was logged twice, the second line without
+    its request id, and gunicorn built that line's atoms on every request."""
+
+    def _compute_access_log_enabled(self) -> bool:
+        return bool(self.cfg.accesslog)

@@ -21,5 +21,7 @@ def test_every_log_line_is_json_and_requests_carry_their_id():
     assert {"time", "level", "logger", "pid", "message"} <= set(records[0])
     access = [r for r in records if r.get("request_id") == "json-1"]
     assert len(access) == 1
+    # One line per request: gunicorn's access line (no request id) stays off.
+    assert not [r for r in records if r["logger"] == "gunicorn.access"]
     assert access[0]["status"] == 404 and access[0]["path"] == "/v1/contexts/nope\\x0aFORGED"
     assert not any(line.startswith("FORGED") for line in lines)
