@@ -221,6 +221,25 @@ class _Response(wsgi.Response):
 
     _head = b""
 
+    def default_headers(self):
+        # gunicorn's, with the Date line made once a second instead of per answer.
+        if self.upgrade:
+            connection = "upgrade"
+        elif self.should_close():
+            connection = "close"
+        else:
+            connection = "keep-alive"
+        version = self.req.version
+        headers = [
+            f"HTTP/{version[0]}.{version[1]} {self.status}\r\n",
+            f"Server: {self.version}\r\n",
+            date_line(time.time()),
+            f"Connection: {connection}\r\n",
+        ]
+        if self.chunked:
+            headers.append("Transfer-Encoding: chunked\r\n")
+        return headers
+
     def send_headers(self):
         if self.headers_sent:
             return
@@ -251,6 +270,20 @@ class _Response(wsgi.Response):
         self.send_headers()
         self._flush_head()
         super().close()
+
+
+_date = (-1, "")
+
+
+def date_line(now: float) -> str:
+    """The Date header line for the second `now` falls in (util.http_date's
+    format), formatted once a second: 5-8 µs an answer otherwise."""
+    global _date
+    second = int(now)
+    cached = _date
+    if cached[0] != second:
+        cached = _date = (second, f"Date: {util.http_date(second)}\r\n")
+    return cached[1]
 
 
 # gunicorn's HTTP/1 response -> the one that joins the head to the body; others

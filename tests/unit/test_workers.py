@@ -130,11 +130,12 @@ def test_guarded_input_turns_a_stalled_socket_into_408_and_marks_the_thread():
     assert local.stalled is True
 
 
-def _answer(response_class, method: bytes, status: str, headers: list, body=None, file: bytes | None = None):
+def _answer(response_class, method: bytes, status: str, headers: list, body=None, file: bytes | None = None,
+            fields: bytes = b""):
     """(sendall calls, bytes on the wire without the Date line) of one answer."""
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        theirs.sendall(method + b" /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        theirs.sendall(method + b" /x HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n")
         req = next(http.get_parser(Config(), ours, ("127.0.0.1", 1)))
         sock = RecordingSocket(ours)
         resp = response_class(req, sock, Config())
@@ -166,15 +167,28 @@ def _answer(response_class, method: bytes, status: str, headers: list, body=None
         (b"HEAD", "200 OK", [("Content-Length", "5")], [b"hello"], None, 1),
         # A file: the head first, then the file as gunicorn sends it.
         (b"GET", "200 OK", [("Content-Length", "4")], None, b"file", None),
+        # A protocol switch: "Connection: upgrade".
+        (b"GET", "101 Switching Protocols", [("Connection", "Upgrade"), ("Upgrade", "websocket")], [], None, 1),
     ],
-    ids=["one-chunk", "two-chunks", "chunked", "no-content", "head", "file"],
+    ids=["one-chunk", "two-chunks", "chunked", "no-content", "head", "file", "upgrade"],
 )
+@pytest.mark.parametrize("fields", [b"", b"Connection: close\r\n"], ids=["keep-alive", "close"])
 def test_the_response_sends_the_same_bytes_as_gunicorns_with_the_head_joined_to_the_body(
-    method, status, headers, body, file, writes
+    method, status, headers, body, file, writes, fields
 ):
-    calls, wire = _answer(_Response, method, status, list(headers), body, file)
-    _stock_calls, stock_wire = _answer(wsgi.Response, method, status, list(headers), body, file)
+    calls, wire = _answer(_Response, method, status, list(headers), body, file, fields)
+    _stock_calls, stock_wire = _answer(wsgi.Response, method, status, list(headers), body, file, fields)
     assert wire == stock_wire
     if writes is not None:
         assert len(calls) == writes
     assert calls[0].startswith(b"HTTP/1.1 " + status.encode())
+
+
+def test_the_date_line_is_gunicorns_made_once_a_second():
+    from gunicorn import util
+
+    from service.workers import date_line
+
+    for now in (0.0, 1_790_000_000.25, 1_790_000_000.75, 1_790_000_001.0):
+        assert date_line(now) == f"Date: {util.http_date(int(now))}\r\n"
+    assert date_line(1_790_000_001.5) is date_line(1_790_000_001.9)
