@@ -65,6 +65,8 @@ control_socket_disable = True
 def on_starting(server):
     global _conninfo, _metrics_folder
     runtime.configure_logging(_settings.log_level, _settings.log_format)
+    # Before any worker (or its threads) exists: the workers inherit the cap.
+    runtime.limit_malloc_arenas()
     # Before any worker exists, so that each writes its samples where /metrics reads.
     _metrics_folder = metrics.prepare_multiprocess()
     try:

@@ -13,7 +13,9 @@ that says the fix, printed without a traceback (LOG_LEVEL=debug adds it).
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import sys
 from typing import Any
 
@@ -56,6 +58,29 @@ def use_settings(value: Settings) -> None:
     """Adopt settings already read (the CLI reads and checks them before gunicorn starts)."""
     global _settings
     _settings = value
+
+
+# glibc's mallopt parameter for the most arenas malloc may create.
+_M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc malloc's arenas for this process and the workers it forks.
+
+    glibc gives each new thread an arena of its own, up to 8 per core: a worker's
+    4 request threads and its pool's threads each fragment one, and every touched
+    page counts in the worker's memory. Two arenas cost nothing measurable here
+    (the threads take turns on the GIL) and cut 2-3 MiB of PSS per worker
+    (bench.run, appends and gets at 8 clients: 52.5-53.8 MiB against 55.6-56.6).
+    An operator's MALLOC_ARENA_MAX, which glibc reads at start, is left to rule.
+    True when the cap was set; False on another libc or when the variable is set."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return mallopt(_M_ARENA_MAX, arenas) == 1
 
 
 def configure_logging(level: str, log_format: str = "text") -> None:
