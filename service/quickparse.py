@@ -151,6 +151,11 @@ class QuickParser(RequestParser):
         for raw_name, raw_value in fields:
             name = raw_name.decode("ascii").upper()
             value = raw_value.strip(b" \t").decode("ascii")
+            if name in self._scheme_fields:
+                this = "https" if value == self._scheme_fields[name] else "http"
+                if scheme is not None and this != scheme:
+                    return None  # gunicorn refuses conflicting scheme fields
+                scheme = this
             if name in _SINGLETONS:
                 if name in seen:
                     return None
@@ -160,7 +165,8 @@ class QuickParser(RequestParser):
                     headers.append((name, value))
                     continue
                 if name == "CONTENT-LENGTH":
-                    if not value.isdigit():
+                    # Past 18 digits int() may refuse it (4,300): gunicorn answers 400.
+                    if not value.isdigit() or len(value) > 18:
                         return None
                     length = int(value)
                     environ["CONTENT_LENGTH"] = value
@@ -171,11 +177,6 @@ class QuickParser(RequestParser):
             elif name == "CONNECTION":
                 if value.lower() != "keep-alive":
                     return None
-            elif name in self._scheme_fields:
-                this = "https" if value == self._scheme_fields[name] else "http"
-                if scheme is not None and this != scheme:
-                    return None  # gunicorn refuses conflicting scheme fields
-                scheme = this
             headers.append((name, value))
             key = "HTTP_" + name.replace("-", "_")
             if key in environ:
@@ -206,6 +207,9 @@ class QuickParser(RequestParser):
         (with "wsgi.multithread" set, as its threaded worker does)."""
         environ = self._connection_environ.copy()
         environ.update(request.environ)
+        # Per request, as gunicorn does: it holds the log handlers' streams,
+        # which a USR1 reopen replaces.
+        environ["wsgi.errors"] = WSGIErrorsWrapper(self.cfg)
         environ["wsgi.input"] = request.body
         environ["wsgi.url_scheme"] = request.scheme
         environ["gunicorn.socket"] = sock
@@ -233,7 +237,6 @@ def quick_parsing_applies(cfg, server_addr) -> bool:
 def _connection_environ(cfg, sock, client, server) -> dict:
     """The environ entries that stay the same for every request on a connection."""
     environ = {
-        "wsgi.errors": WSGIErrorsWrapper(cfg),
         "wsgi.version": (1, 0),
         "wsgi.multithread": True,
         "wsgi.multiprocess": cfg.workers > 1,

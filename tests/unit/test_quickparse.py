@@ -140,6 +140,26 @@ def test_scheme_fields_count_only_from_a_trusted_peer():
     assert gunicorn_reads(conflicting, _config()) is None
 
 
+def test_a_scheme_field_may_be_any_field_gunicorn_knows():
+    # An odd configuration, read as gunicorn reads it: Host decides the scheme.
+    cfg = _config(secure_scheme_headers={"HOST": "s", "X-FORWARDED-PROTO": "https"})
+    assert check(b"GET / HTTP/1.1\r\nHost: s\r\n\r\n", cfg)
+    assert quick_reads(b"GET / HTTP/1.1\r\nHost: s\r\n\r\n", cfg)[1]["wsgi.url_scheme"] == "https"
+    conflicting = b"GET / HTTP/1.1\r\nHost: s\r\nX-Forwarded-Proto: http\r\n\r\n"
+    assert quick_reads(conflicting, cfg) is None
+    assert gunicorn_reads(conflicting, cfg) is None
+
+
+def test_each_request_gets_its_own_errors_stream():
+    # gunicorn builds it per request: it holds the log handlers' streams, which a reopen replaces.
+    a, b = _pair()
+    with a, b:
+        parser = QuickParser(_config(), a, CLIENT, SERVER)
+        request = parser.parse(HTTP_CLIENT)
+        first = parser.environ(request, a, None)["wsgi.errors"]
+        assert parser.environ(request, a, None)["wsgi.errors"] is not first
+
+
 def test_pipelined_bytes_stay_for_the_next_request():
     second = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /hea"
     assert check(REQUESTS + second)
@@ -163,6 +183,7 @@ def test_pipelined_bytes_stay_for_the_next_request():
         b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
         b"POST /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
         b"POST /x HTTP/1.1\r\nContent-Length: +1\r\n\r\nx",
+        b"POST /x HTTP/1.1\r\nContent-Length: " + b"0" * 4300 + b"1\r\n\r\nx",  # more than int() takes
         b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         b"POST /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx",
         b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n",

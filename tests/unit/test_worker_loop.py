@@ -164,6 +164,25 @@ def test_a_readable_event_with_nothing_to_read_keeps_the_connection(worker, list
         assert bytes(worker.reading[conn].buf) == b"GET /health HTTP/1.1\r\n"
 
 
+def test_a_content_length_longer_than_int_takes_goes_to_gunicorns_400_not_through_the_loop(worker, listener):
+    # int() refuses more than 4,300 digits: raised in the event loop, it ended the worker.
+    calls: list[str] = []
+    worker.wsgi = _app(calls)
+    client, conn = _accepted(worker, listener)
+    with client:
+        client.sendall(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"0" * 4300 + b"1\r\n\r\nx")
+        time.sleep(0.05)
+        worker._on_readable(conn, conn.sock)  # handed over as gunicorn's to parse
+        assert worker.reading == {}
+        assert worker.handle(conn) is False
+        conn.close()  # the loop's part once the thread says so
+        client.settimeout(5)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400 ") and calls == []
+
+
 def test_a_client_resetting_while_its_head_is_read_is_closed_without_a_drop(worker, listener):
     client, conn = _accepted(worker, listener)
     drops = workers.slow_client_drops()

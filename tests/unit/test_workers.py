@@ -33,6 +33,9 @@ HEAD = b"POST /v1/contexts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json
         (b"\r\nContent-Length: -1", None),
         (b"\r\nContent-Length: 1e3", None),
         (b"\r\nContent-Length: \xb2", None),
+        # More digits than int() takes (4,300): raised in the event loop, it ended the worker.
+        (b"\r\nContent-Length: " + b"0" * 4300 + b"1", None),
+        (b"\r\nContent-Length: " + b"0" * 18, 0),
         (b"\r\nTransfer-Encoding: chunked", None),
         (b"\r\nContent-Length: 5\r\nExpect: 100-continue", None),  # the client waits for 100 first
         # A line without a colon is gunicorn's to refuse; the length after it still counts.
