@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds per cell, at most (default 3; --quick 0.5)")
     parser.add_argument("--max-requests", type=int, default=None,
                         help="requests per cell across all clients, at most (default 20000; --quick 2000)")
+    parser.add_argument("--http-client", choices=("http.client", "curl"), default="http.client",
+                        help="the HTTP clients' library: http.client (default, as in every table before "
+                             "2026-11-27 10:00) or curl (pycurl: about half the client CPU per request)")
     parser.add_argument("--clients", type=_int_list, default=[1, 8],
                         help="concurrency levels (default 1,8)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (WEB_CONCURRENCY, default 2)")
@@ -267,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         services.vacuum(database_url)
         run.operations = cells.plan(current.api, args.sizes, data, args.only)
         log(f"starting {max(args.clients)} client processes")
-        clients = Clients(max(args.clients), database_url)
+        clients = Clients(max(args.clients), database_url, args.http_client)
         if ref is not None and run.compare is not None:
             assert ref.api is not None
             ref_data = load.load_all(ref.api, args.sizes, args.full, name=ref.name)

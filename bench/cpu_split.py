@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cpu_split", description=__doc__.split("\n")[0])
     parser.add_argument("--op", default="get", choices=sorted(OPS))
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--http-client", choices=("http.client", "curl"), default="http.client",
+                        help="the load generator's HTTP library (bench/driver.py)")
     parser.add_argument("--seconds", type=float, default=6.0, help="per cell (default 6)")
     parser.add_argument("--rounds", type=int, default=3, help="cells per service (default 3)")
     parser.add_argument("--size", type=int, default=1000, help="messages in the context read (default 1000)")
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             service.start(service_args, require_own_code=code != REPO)
             assert service.api is not None
             started.append((service, load.load_context(service.api, args.size, seed=index + 1)))
-        clients = driver.Clients(args.clients, url)
+        clients = driver.Clients(args.clients, url, args.http_client)
         rows: dict[str, list[dict[str, float]]] = {name: [] for name, _ in trees}
         load_at_start = psutil.getloadavg()[0]
         for round_ in range(args.rounds):
