@@ -482,6 +482,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compare-env", action="append", default=[], metavar="NAME=VALUE",
                         help="paired A/B: more environment for B only (B is this tree unless --compare-dir)")
     parser.add_argument("--rounds", type=int, default=6, help="paired rounds per operation (A/B)")
+    parser.add_argument("--own-rounds", type=int, default=1,
+                        help="rounds of the HTTP / in-process / raw p50s per operation (medians reported)")
     parser.add_argument("--output", type=Path, help="also write the report to this file")
     args = parser.parse_args(argv)
     if not 0 < args.seconds <= 120:
@@ -489,8 +491,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for item in (*args.service_env, *args.compare_env):
         if "=" not in item:
             parser.error(f"expected NAME=VALUE, not {item!r}")
-    if not 1 <= args.rounds <= 40:
-        parser.error("--rounds must be within 1..40")
+    if not 1 <= args.rounds <= 40 or not 1 <= args.own_rounds <= 40:
+        parser.error("--rounds and --own-rounds must be within 1..40")
     return args
 
 
@@ -536,12 +538,14 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 # The three p50s of an operation back to back, without any profiler:
                 # minutes apart, a shared machine's load would differ between them.
-                for op in ops:
-                    log(f"p50 of HTTP, in-process and raw: {op}")
-                    report.append(f"summary-http {op} {p50(http_load(svc.port, op, cid, args.seconds, seed=5)):.0f}")
-                    calls = timed_loop(app.caller(op, cid, random.Random(6)), args.seconds)
-                    report.append(f"summary-inprocess {op} {p50(calls):.0f}")
-                    report.append(f"summary-raw {op} {raw_p50(url, op, cid, args.seconds):.0f}")
+                for round_ in range(args.own_rounds):
+                    for op in ops:
+                        log(f"p50 of HTTP, in-process and raw: {op} (round {round_ + 1} of {args.own_rounds})")
+                        http = p50(http_load(svc.port, op, cid, args.seconds, seed=5 + round_))
+                        report.append(f"summary-http {op} {http:.0f}")
+                        calls = timed_loop(app.caller(op, cid, random.Random(6 + round_)), args.seconds)
+                        report.append(f"summary-inprocess {op} {p50(calls):.0f}")
+                        report.append(f"summary-raw {op} {raw_p50(url, op, cid, args.seconds):.0f}")
                 if args.sampler == "py-spy":
                     for op in ops:
                         log(f"HTTP + py-spy: {op}")
@@ -570,18 +574,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summary(report: list[str]) -> str:
-    """The p50 table: HTTP, in-process, raw and the differences."""
-    values: dict[tuple[str, str], float] = {}
+    """The p50 table: HTTP, in-process, raw and the differences; with several
+    rounds (--own-rounds), medians of the rounds, each difference taken within
+    its round (the three run back to back), and the per-round HTTP - raw."""
+    values: dict[tuple[str, str], list[float]] = defaultdict(list)
     for line in report:
         if line.startswith("summary-"):
             kind, op, value = line.split()
-            values[(kind.removeprefix("summary-"), op)] = float(value)
+            values[(kind.removeprefix("summary-"), op)].append(float(value))
     ops = sorted({op for _, op in values}, key=lambda o: OPS.index(o))
-    lines = ["p50 µs per operation (one client; compare within a row only)",
-             f"{'op':10} {'HTTP':>7} {'in-proc':>8} {'raw':>7} {'HTTP-raw':>9} {'HTTP-inproc':>12} {'inproc-raw':>11}"]
+    rounds = max(len(v) for v in values.values())
+    lines = [f"p50 µs per operation (one client; compare within a row only; median of {rounds} round(s))",
+             f"{'op':10} {'HTTP':>7} {'in-proc':>8} {'raw':>7} {'HTTP-raw':>9} {'HTTP-inproc':>12} {'inproc-raw':>11}"
+             "  HTTP-raw per round"]
+    nan = [float("nan")]
     for op in ops:
-        h, i, r = (values.get((k, op), float("nan")) for k in ("http", "inprocess", "raw"))
-        lines.append(f"{op:10} {h:7.0f} {i:8.0f} {r:7.0f} {h - r:9.0f} {h - i:12.0f} {i - r:11.0f}")
+        h, i, r = (values.get((k, op), nan) for k in ("http", "inprocess", "raw"))
+        ours = [a - b for a, b in zip(h, r)]
+        lines.append(f"{op:10} {statistics.median(h):7.0f} {statistics.median(i):8.0f} {statistics.median(r):7.0f} "
+                     f"{statistics.median(ours):9.0f} {statistics.median(a - b for a, b in zip(h, i)):12.0f} "
+                     f"{statistics.median(a - b for a, b in zip(i, r)):11.0f}  "
+                     + " ".join(f"{v:.0f}" for v in ours))
     return "\n".join(lines)
 
 
