@@ -12,6 +12,9 @@ from ..jsonvalues import NUL_MESSAGE, metadata_problem, parse_json
 from ..limits import FLOAT32_MAX
 
 _NUMBER_TYPES = {int, float}  # exact types: bool is an int subclass and is refused
+# The square root of the smallest float4 subnormal (2**-149): a smaller number
+# squares to zero in single precision.
+_FLOAT32_SQRT_TINY = math.sqrt(2.0**-149)
 
 
 class StrictInteger(fields.Integer):
@@ -86,17 +89,27 @@ class JsonObjectText(fields.String):
 
 
 class Embedding(fields.List):
-    """A list of exactly `dimension` finite numbers that fit a float4."""
+    """A list of exactly `dimension` finite numbers that fit a float4.
 
-    def __init__(self, *, dimension: int, **kwargs) -> None:
+    With `query=True` (what a search compares by cosine distance) the vector
+    must also have a direction: pgvector's cosine distance from a zero vector,
+    or from one whose squared length overflows a float4, is NaN, which no score
+    can carry."""
+
+    def __init__(self, *, dimension: int, query: bool = False, **kwargs) -> None:
         super().__init__(
             fields.Float(metadata={"minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}),
             **kwargs,
         )
         self.dimension = dimension
+        self.query = query
         self.metadata.setdefault("minItems", dimension)
         self.metadata.setdefault("maxItems", dimension)
-        self.metadata.setdefault("description", f"exactly {dimension} finite numbers (32-bit floats)")
+        description = f"exactly {dimension} finite numbers (32-bit floats)"
+        if query:
+            description += (", not all zero, whose squared length (the sum of their squares) fits a 32-bit float: "
+                            "cosine distance is undefined otherwise")
+        self.metadata.setdefault("description", description)
 
     def _deserialize(self, value, attr, data, **kwargs):
         if not isinstance(value, list):
@@ -111,6 +124,16 @@ class Embedding(fields.List):
         if max(map(abs, value), default=0) > FLOAT32_MAX or any(map(math.isnan, value)):
             index = next(i for i, item in enumerate(value) if not abs(item) <= FLOAT32_MAX)
             raise ValidationError(f"Item {index} is not a finite 32-bit float.")
+        if self.query:
+            # float4 arithmetic, as pgvector's: a square under its smallest
+            # subnormal is 0 there, and a sum past FLOAT32_MAX is infinite.
+            length = sum(x * x for x in value if abs(x) >= _FLOAT32_SQRT_TINY)
+            if length == 0:
+                raise ValidationError("A zero vector has no direction: cosine distance from it is undefined.")
+            if length > FLOAT32_MAX:
+                raise ValidationError(
+                    "Its squared length overflows a 32-bit float: cosine distance from it is undefined."
+                )
         return value
 
 

@@ -141,7 +141,7 @@ class RequestSchemas:
                 allow_none=True, max_bytes=4 * MAX_QUERY_CHARS, validate=validate.Length(min=1, max=MAX_QUERY_CHARS),
                 metadata={"description": "words, in websearch_to_tsquery syntax (\"a phrase\", or, -not)"},
             )
-            embedding = Embedding(dimension=settings.embedding_dim, allow_none=True)
+            embedding = Embedding(dimension=settings.embedding_dim, query=True, allow_none=True)
             k = StrictInteger(allow_none=True, validate=validate.Range(min=1, max=MAX_SEARCH_K),
                               metadata={"description": "how many results at most (default 10)"})
             roles = fields.List(

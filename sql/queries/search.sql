@@ -67,6 +67,7 @@ WITH hits AS MATERIALIZED (
           AND (%(roles)s::text[] IS NULL OR r.role = ANY (%(roles)s::text[]))
         OFFSET 0
     ) AS m
+    WHERE m.distance <> 'NaN'  -- a zero or overflowing stored vector: no direction, no score
     ORDER BY m.distance, m.context_id, m.version
     LIMIT %(k)s
 )
@@ -91,6 +92,7 @@ WITH hits AS MATERIALIZED (
           AND (%(roles)s::text[] IS NULL OR r.role = ANY (%(roles)s::text[]))
         OFFSET 0
     ) AS m
+    WHERE m.distance <> 'NaN'  -- a zero or overflowing stored vector: no direction, no score
     ORDER BY m.distance, m.context_id, m.version
     LIMIT %(k)s
 )
@@ -120,6 +122,7 @@ WITH hits AS MATERIALIZED (
 SELECT cs_message_doc_v1(m, false) AS doc, h.context_id, h.version, 1 - h.distance AS score
 FROM hits AS h
 JOIN messages AS m ON m.root_id = %(root_id)s AND m.context_id = h.context_id AND m.version = h.version
+WHERE h.distance <> 'NaN'  -- a stored vector without direction (see search_semantic_exact)
 ORDER BY h.distance, h.context_id, h.version
 LIMIT %(k)s;
 
@@ -144,6 +147,7 @@ WITH hits AS MATERIALIZED (
 SELECT cs_message_doc_v1(m, false) AS doc, h.context_id, h.version, 1 - h.distance AS score
 FROM hits AS h
 JOIN messages AS m ON m.root_id = h.root_id AND m.context_id = h.context_id AND m.version = h.version
+WHERE h.distance <> 'NaN'  -- a stored vector without direction (see search_semantic_exact)
 ORDER BY h.distance, h.context_id, h.version
 LIMIT %(k)s;
 

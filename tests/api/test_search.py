@@ -169,6 +169,25 @@ def test_the_approximate_path_finds_what_the_exact_scan_finds(settings, store):
     assert tenant[0] == "noise 5"
 
 
+@pytest.mark.parametrize("exact_max", [5000, 0], ids=["exact", "hnsw"])
+def test_stored_vectors_without_direction_are_left_out_never_scored_null(settings, store, exact_max):
+    # Appends take any finite float4s; a zero vector, or one whose squared length
+    # overflows float4, has a NaN cosine distance from everything (pgvector).
+    app = webtest.TestApp(create_app(settings, dataclasses.replace(
+        store, search=type(store.search)(store.search.db, dim=DIM, text_search_config="simple",
+                                         exact_max=exact_max, ef_search=100, max_scan_tuples=50_000,
+                                         embedder=None))))
+    degenerate = [{"role": "user", "content": "zero", "token_count": 1, "embedding": [0.0] * DIM},
+                  {"role": "user", "content": "huge", "token_count": 1, "embedding": [3.4e38] * DIM}]
+    cid = make(app, [msg(f"m{i}", seed=i) for i in range(5)] + degenerate)
+    uniform = [DIM**-0.5] * DIM  # its dot product with "huge" overflows float4 too: inf / inf
+    for hits in (search(app, cid, {"embedding": uniform, "k": 10}).json["data"],
+                 app.post_json("/v1/search", {"embedding": uniform, "k": 50}).json["data"]):
+        mine = [h for h in hits if h["message"]["context_id"] == cid]
+        assert sorted(h["message"]["content"] for h in mine) == [f"m{i}" for i in range(5)]
+        assert all(isinstance(h["score"], float) for h in hits)
+
+
 def test_below_the_switch_point_search_is_exact_among_many_messages(client, db):
     # A small view inside a much bigger table: an index walk filtered to it could
     # miss; the exact scan cannot.
@@ -240,6 +259,10 @@ def test_another_tenants_context_is_404_and_its_messages_never_show(settings, st
         ({"query": "a", "roles": ["wizard"]}, "/roles/0"),
         ({"query": "a", "roles": []}, "/roles"),
         ({"embedding": [0.1, 0.2]}, "/embedding"),
+        # Cosine distance from these is undefined (pgvector: NaN), so no score could carry it.
+        ({"embedding": [0.0] * DIM}, "/embedding"),
+        ({"embedding": [1e-30] * DIM}, "/embedding"),  # squares to zero in float4
+        ({"embedding": [3e37] * DIM}, "/embedding"),  # squared length past float4's range
         ({"query": "a", "as_of_version": 1, "as_of": "2026-01-01T00:00:00Z"}, "/as_of"),
         ({"query": "a", "as_of_version": -1}, "/as_of_version"),
         ({"query": "a", "as_of": "yesterday"}, "/as_of"),
