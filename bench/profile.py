@@ -9,6 +9,7 @@ It starts an embedded PostgreSQL and the service exactly as bench/services.py do
 the API (bench/load.py), and then per operation:
 
 1. **HTTP** (`--sampler py-spy`): one client, one keep-alive `http.client` connection
+   (libcurl's with `--http-client curl`)
    to 127.0.0.1, for `--seconds`, while `py-spy record --rate 1000 --format raw
    --nonblocking` samples every gunicorn worker (after 1 s of warm-up load). py-spy
    leaves out most samples of threads it sees blocked in a system call; those it
@@ -42,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import http.client
 import io
 import logging
 import os
@@ -111,23 +111,29 @@ def timed_loop(call: Callable[[], Any], seconds: float, warmup: int = 50) -> lis
             return out
 
 
+# The HTTP client of every HTTP measurement here (--http-client): http.client, or
+# libcurl through bench/driver.py's CurlClient (about half the client's CPU).
+HTTP_CLIENT = "http.client"
+
+
 def http_load(port: int, op: str, cid: str, seconds: float, seed: int = 1) -> list[float]:
     """One keep-alive client for `seconds`; latencies in µs."""
+    from bench.driver import HTTP_CLIENTS
+
     rng = random.Random(seed)
-    conn = http.client.HTTPConnection(HOST, port, timeout=30)
-    headers = {"Accept": "application/json"}
+    client = HTTP_CLIENTS[HTTP_CLIENT](port)
+    client.headers = {"Accept": "application/json"}
+    client.open()
 
     def one() -> None:
-        conn.request("GET", http_path(op, cid, rng), headers=headers)
-        response = conn.getresponse()
-        body = response.read()
-        if response.status != 200:
-            raise RuntimeError(f"{op}: {response.status} {body[:200]!r}")
+        status, body = client.call("GET", http_path(op, cid, rng))
+        if status != 200:
+            raise RuntimeError(f"{op}: {status} {body[:200]!r}")
 
     try:
         return timed_loop(one, seconds)
     finally:
-        conn.close()
+        client.close()
 
 
 def p50(values: list[float]) -> float:
@@ -482,6 +488,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compare-env", action="append", default=[], metavar="NAME=VALUE",
                         help="paired A/B: more environment for B only (B is this tree unless --compare-dir)")
     parser.add_argument("--rounds", type=int, default=6, help="paired rounds per operation (A/B)")
+    parser.add_argument("--http-client", choices=("http.client", "curl"), default="http.client",
+                        help="the client of the HTTP measurements: http.client (default) or libcurl (pycurl)")
     parser.add_argument("--own-rounds", type=int, default=1,
                         help="rounds of the HTTP / in-process / raw p50s per operation (medians reported)")
     parser.add_argument("--output", type=Path, help="also write the report to this file")
@@ -502,7 +510,9 @@ def service_args(args: argparse.Namespace, extra: list[str] = ()) -> SimpleNames
 
 
 def main(argv: list[str] | None = None) -> int:
+    global HTTP_CLIENT
     args = parse_args(argv)
+    HTTP_CLIENT = args.http_client
     ops = OPS if args.op == "all" else (args.op,)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     OUT_DIR.mkdir(parents=True, exist_ok=True)
@@ -510,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     embedded = None
     started: list[services.Service] = []
     report: list[str] = [f"# bench.profile {stamp}: ops {', '.join(ops)}, {args.seconds:g} s each, "
-                         f"load average {os.getloadavg()[0]:.2f}"]
+                         f"HTTP client {args.http_client}, load average {os.getloadavg()[0]:.2f}"]
     try:
         embedded, url = services.start_embedded(home)
         svc = services.Service("current", REPO, url, home, OUT_DIR / f"profile-{stamp}.log")
@@ -541,8 +551,8 @@ def main(argv: list[str] | None = None) -> int:
                 for round_ in range(args.own_rounds):
                     for op in ops:
                         log(f"p50 of HTTP, in-process and raw: {op} (round {round_ + 1} of {args.own_rounds})")
-                        http = p50(http_load(svc.port, op, cid, args.seconds, seed=5 + round_))
-                        report.append(f"summary-http {op} {http:.0f}")
+                        over_http = p50(http_load(svc.port, op, cid, args.seconds, seed=5 + round_))
+                        report.append(f"summary-http {op} {over_http:.0f}")
                         calls = timed_loop(app.caller(op, cid, random.Random(6 + round_)), args.seconds)
                         report.append(f"summary-inprocess {op} {p50(calls):.0f}")
                         report.append(f"summary-raw {op} {raw_p50(url, op, cid, args.seconds):.0f}")
