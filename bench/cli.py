@@ -96,6 +96,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="paired rounds for the size-ratio targets: the small and the large context "
                              "alternate, 1 client, 1 s each, and the median of the per-round p50 ratios "
                              "is reported (default 5; --quick 2; 0 to use the table's cells)")
+    parser.add_argument("--svc-raw-rounds", type=int, default=1,
+                        help="split every cell into this many rounds of its budget, the service and raw "
+                             "alternating round by round; the svc/raw targets then report the median of the "
+                             "per-round ratios (default 1: each mode's cell whole, one after the other)")
     parser.add_argument("--compare", metavar="REF", default=None,
                         help="also start the service of git ref REF (its own database, same data) and run "
                              "every cell on both, alternating; prints a compare table (raw cells skipped)")
@@ -111,6 +115,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.rounds = args.rounds if args.rounds is not None else (2 if args.quick else 5)
     if not 0 <= args.rounds <= 50:
         parser.error("--rounds: 0..50")
+    if not 1 <= args.svc_raw_rounds <= 20:
+        parser.error("--svc-raw-rounds: 1..20")
     args.compare_rounds = args.compare_rounds if args.compare_rounds is not None else (2 if args.quick else 3)
     if not 1 <= args.compare_rounds <= 20:
         parser.error("--compare-rounds: 1..20")
