@@ -53,6 +53,17 @@ _DECLINED = frozenset({"TRANSFER-ENCODING", "EXPECT", "UPGRADE", "HTTP2-SETTINGS
 _SINGLETONS = frozenset({"HOST", "CONTENT-TYPE", "CONTENT-LENGTH"})
 
 
+def content_length(value: bytes | str) -> int | None:
+    """A Content-Length value (bytes, or a str of ASCII) as a number, or None
+    when it is one the service leaves to gunicorn's parser (which answers 400):
+    not all digits, or past 18 of them, where int() may refuse it (4,300
+    digits; raised in the event loop, that ended the worker) and no body this
+    service takes is."""
+    if not value.isdigit() or len(value) > 18:
+        return None
+    return int(value)
+
+
 class QuickRequest:
     """What gunicorn's worker, Response and access log read of a request."""
 
@@ -90,7 +101,7 @@ class QuickParser(RequestParser):
             source_addr[0], cfg.forwarded_allow_ips, cfg.forwarded_allow_networks()
         )
         self._scheme_fields = dict(cfg.secure_scheme_headers) if trusted else {}
-        self._connection_environ = _connection_environ(cfg, source, source_addr, server_addr)
+        self._connection_environ = _connection_environ(cfg, source_addr, server_addr)
 
     def __next__(self):
         if self.mesg is not None and self.mesg.should_close():
@@ -165,10 +176,9 @@ class QuickParser(RequestParser):
                     headers.append((name, value))
                     continue
                 if name == "CONTENT-LENGTH":
-                    # Past 18 digits int() may refuse it (4,300): gunicorn answers 400.
-                    if not value.isdigit() or len(value) > 18:
+                    length = content_length(value)
+                    if length is None:
                         return None
-                    length = int(value)
                     environ["CONTENT_LENGTH"] = value
                     headers.append((name, value))
                     continue
@@ -247,7 +257,7 @@ class ErrorsStream(WSGIErrorsWrapper):
         return WSGIErrorsWrapper(self._cfg).streams
 
 
-def _connection_environ(cfg, sock, client, server) -> dict:
+def _connection_environ(cfg, client, server) -> dict:
     """The environ entries that stay the same for every request on a connection."""
     environ = {
         "wsgi.errors": ErrorsStream(cfg),

@@ -49,7 +49,7 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 from . import metrics
 from .config import Settings
 from .problems import INTERNAL_DETAIL, PROBLEM_JSON, Problem
-from .quickparse import QuickParser, QuickRequest, quick_parsing_applies
+from .quickparse import QuickParser, QuickRequest, content_length, quick_parsing_applies
 
 # A thread that answered a kept-alive request serves the connection's next one
 # itself when its bytes arrive within HOLD_WAIT seconds, instead of handing the
@@ -186,11 +186,9 @@ def body_length_to_buffer(head: bytes, limit: int) -> int | None:
             lengths.append(value.strip())
     if not lengths:
         return 0
-    if len(lengths) > 1 or not lengths[0].isdigit() or len(lengths[0]) > 18:
-        # Past 18 digits int() may refuse it (4,300 digits): in the event loop
-        # that ended the worker. gunicorn's parser answers 400.
+    length = content_length(lengths[0]) if len(lengths) == 1 else None
+    if length is None:
         return None
-    length = int(lengths[0])
     return length if length <= limit else None
 
 

@@ -277,7 +277,7 @@ def test_unix_sockets_and_script_name_keep_gunicorns_parser(monkeypatch):
 def test_the_environ_names_a_unix_or_bytes_peer_as_gunicorn_does():
     cfg = _config()
     for client in ("", b"peer"):
-        environ = quickparse._connection_environ(cfg, None, client, SERVER)
+        environ = quickparse._connection_environ(cfg, client, SERVER)
         assert environ["REMOTE_ADDR"] == ("" if client == "" else "peer")
         assert "REMOTE_PORT" not in environ
 
