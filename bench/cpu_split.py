@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cpu_split", description=__doc__.split("\n")[0])
     parser.add_argument("--op", default="get", choices=sorted(OPS))
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--http-client", choices=("http.client", "curl"), default="http.client",
+    parser.add_argument("--http-client", choices=sorted(driver.HTTP_CLIENTS), default="http.client",
                         help="the load generator's HTTP library (bench/driver.py)")
     parser.add_argument("--seconds", type=float, default=6.0, help="per cell (default 6)")
     parser.add_argument("--rounds", type=int, default=3, help="cells per service (default 3)")

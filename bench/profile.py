@@ -63,6 +63,7 @@ from typing import Any, Callable
 from uuid import UUID
 
 from bench import load, raw as rawmod, services
+from bench.driver import HTTP_CLIENTS
 from bench.common import HOST, OUT_DIR, REPO, log
 
 SIZE = 10_000
@@ -118,8 +119,6 @@ HTTP_CLIENT = "http.client"
 
 def http_load(port: int, op: str, cid: str, seconds: float, seed: int = 1) -> list[float]:
     """One keep-alive client for `seconds`; latencies in µs."""
-    from bench.driver import HTTP_CLIENTS
-
     rng = random.Random(seed)
     client = HTTP_CLIENTS[HTTP_CLIENT](port)
     client.headers = {"Accept": "application/json"}
@@ -488,7 +487,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compare-env", action="append", default=[], metavar="NAME=VALUE",
                         help="paired A/B: more environment for B only (B is this tree unless --compare-dir)")
     parser.add_argument("--rounds", type=int, default=6, help="paired rounds per operation (A/B)")
-    parser.add_argument("--http-client", choices=("http.client", "curl"), default="http.client",
+    parser.add_argument("--http-client", choices=sorted(HTTP_CLIENTS), default="http.client",
                         help="the client of the HTTP measurements: http.client (default) or libcurl (pycurl)")
     parser.add_argument("--own-rounds", type=int, default=1,
                         help="rounds of the HTTP / in-process / raw p50s per operation (medians reported)")
