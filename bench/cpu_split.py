@@ -4,6 +4,7 @@ gunicorn workers, PostgreSQL.
     python -m bench.cpu_split                                   # get, 8 clients, this tree
     python -m bench.cpu_split --ref 1f68318 --op window --rounds 4
     python -m bench.cpu_split --clients 1 --op list
+    python -m bench.cpu_split --op append --raw                 # single appends, and the same store calls raw
 
 At 8 clients the two cores of this machine are full, and throughput is set by the
 CPU each request costs in all: the `http.client` client processes of bench/driver.py,
@@ -15,6 +16,12 @@ reads user + system CPU time (psutil) of each process group before and after and
 divides by the requests served. PostgreSQL is the embedded postmaster and its
 children only (other sessions' servers on a shared machine are not counted). The
 table gives medians over the rounds. Loopback only, stopped in a `finally`.
+
+`--op append` is bench.run's `append 1 msg` cell: each client appends one message
+(no token_count: the service counts) to a fresh context of its own. `--raw` adds a
+row of the raw mode on the current tree's database (bench/raw.py: the same store
+calls in the client processes, no HTTP; its "clients" are the store's Python),
+alternating with the services, so a svc/raw ratio splits into process groups.
 """
 
 from __future__ import annotations
@@ -39,18 +46,28 @@ OPS = {
     "get": lambda context, size: {"context_id": context, "head": size},
     "list": lambda context, size: {"context_id": context, "limit": 50},
     "window": lambda context, size: {"context_id": context, "max_tokens": 2000},
+    "append": lambda context, size: {"context_id": context, "batch_size": 1, "explicit_tokens": False},
 }
 GROUPS = ("clients", "workers", "postgres")
 
 
-def _cpu(processes: list[psutil.Process]) -> tuple[float, float]:
-    user = system = 0.0
+def _cpu(processes: list[psutil.Process]) -> dict[int, tuple[float, float]]:
+    """(user, system) CPU seconds per pid, of the processes still alive."""
+    times = {}
     for process in processes:
         try:
-            times = process.cpu_times()
+            cpu = process.cpu_times()
         except psutil.NoSuchProcess:
             continue
-        user, system = user + times.user, system + times.system
+        times[process.pid] = (cpu.user, cpu.system)
+    return times
+
+
+def _spent(before: dict[int, tuple[float, float]], after: dict[int, tuple[float, float]]) -> tuple[float, float]:
+    """(user, system) CPU seconds a group spent between two readings; a process that
+    started in between (a PostgreSQL backend for a new connection) counts from zero."""
+    user = sum(u - before.get(pid, (0.0, 0.0))[0] for pid, (u, _) in after.items())
+    system = sum(s - before.get(pid, (0.0, 0.0))[1] for pid, (_, s) in after.items())
     return user, system
 
 
@@ -65,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=1000, help="messages in the context read (default 1000)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--ref", help="also run this git ref's service, alternating with the current tree")
+    parser.add_argument("--raw", action="store_true", help="also run the raw mode (bench/raw.py) on the current "
+                        "tree's database, alternating with the services")
     args = parser.parse_args(argv)
     home = Path(tempfile.mkdtemp(prefix="bench-cpu-split-"))
     service_args = argparse.Namespace(workers=args.workers, threads=None, log_level="info", service_env=[])
@@ -87,42 +106,46 @@ def main(argv: list[str] | None = None) -> int:
                                        home=home / f"service{index}", log_path=home / f"service{index}.log")
             service.start(service_args, require_own_code=code != REPO)
             assert service.api is not None
-            started.append((service, load.load_context(service.api, args.size, seed=index + 1)))
-        clients = driver.Clients(args.clients, url, args.http_client)
-        rows: dict[str, list[dict[str, float]]] = {name: [] for name, _ in trees}
+            started.append((service, _contexts(service.api, args)))
+        # Raw clients run the store on the current tree's database (its contexts).
+        clients = driver.Clients(args.clients, started[0][0].database_url, args.http_client)
+        cells: list[tuple[str, services.Service, list[str]]] = [(s.name, s, c) for s, c in started]
+        if args.raw:
+            cells.insert(1, ("raw", started[0][0], started[0][1]))
+        rows: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in cells}
         load_at_start = psutil.getloadavg()[0]
         for round_ in range(args.rounds):
-            for service, context in started if round_ % 2 == 0 else started[::-1]:
+            for cell, service, contexts in cells if round_ % 2 == 0 else cells[::-1]:
                 assert service.proc is not None
+                mode = "raw" if cell == "raw" else "http"
                 groups = {
-                    "clients": [psutil.Process(p.pid) for p in clients.procs],
-                    "workers": psutil.Process(service.proc.pid).children(),
-                    "postgres": [postmaster, *postmaster.children()],
+                    "clients": lambda: [psutil.Process(p.pid) for p in clients.procs],
+                    "workers": lambda: psutil.Process(service.proc.pid).children() if mode == "http" else [],
+                    "postgres": lambda: [postmaster, *postmaster.children()],
                 }
-                specs = [{"mode": "http", "op": args.op, "port": service.port, "seed": k,
-                          "args": OPS[args.op](context, args.size), "max_requests": 10**9,
-                          "duration": args.seconds} for k in range(args.clients)]
-                before = {name: _cpu(group) for name, group in groups.items()}
+                specs = [{"mode": mode, "op": args.op, "port": service.port, "seed": 100 + k,
+                          "args": {**OPS[args.op](contexts[k], args.size), "seed": 100 + k},
+                          "max_requests": 10**9, "duration": args.seconds} for k in range(args.clients)]
+                before = {name: _cpu(group()) for name, group in groups.items()}
                 began = time.monotonic()
                 results = clients.run(specs, args.seconds)
                 wall = time.monotonic() - began
-                after = {name: _cpu(group) for name, group in groups.items()}
+                spent = {name: _spent(before[name], _cpu(group())) for name, group in groups.items()}
                 served = Result.of_answers(results).requests
                 row = {"req/s": served / wall}
                 for name in GROUPS:
-                    row[name] = 1e6 * sum(after[name]) - 1e6 * sum(before[name])
-                    row[name] /= served
-                row["workers system"] = 1e6 * (after["workers"][1] - before["workers"][1]) / served
+                    row[name] = 1e6 * sum(spent[name]) / served
+                row["workers system"] = 1e6 * spent["workers"][1] / served
                 row["cores busy"] = sum(row[name] for name in GROUPS) * served / wall / 1e6
-                rows[service.name].append(row)
-                log(f"round {round_ + 1} {service.name}: " + ", ".join(f"{k} {v:.0f}" if k != "cores busy"
+                rows[cell].append(row)
+                log(f"round {round_ + 1} {cell}: " + ", ".join(f"{k} {v:.0f}" if k != "cores busy"
                                                                       else f"{k} {v:.2f}" for k, v in row.items()))
         print(f"# bench.cpu_split {time.strftime('%Y-%m-%d %H:%M')} UTC: {args.op} of a context of {args.size} "
               f"messages, {args.clients} clients, {args.rounds} rounds of {args.seconds:g} s, load average "
               f"{load_at_start:.2f} at start; medians of the rounds, CPU in µs per request")
         print("| service | req/s | clients | workers | of which system | postgres | all | cores busy |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for name, _ in trees:
+        for name in rows:
             def median(key: str, name: str = name) -> float:
                 return statistics.median(r[key] for r in rows[name])
             total = statistics.median(sum(r[g] for g in GROUPS) for r in rows[name])
@@ -142,6 +165,15 @@ def main(argv: list[str] | None = None) -> int:
             embedded.stop()
             shutil.rmtree(home, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous_term)
+
+
+def _contexts(api: services.Api, args: argparse.Namespace) -> list[str]:
+    """The context each client works on: one loaded context of --size messages for
+    every reader; a fresh empty one per client for appends (as bench.run's cells)."""
+    if args.op == "append":
+        return [api.call("POST", "/v1/contexts", {"metadata": {"bench": "cpu-split"}}, 201)["id"]
+                for _ in range(args.clients)]
+    return [load.load_context(api, args.size, seed=1)] * args.clients
 
 
 if __name__ == "__main__":
