@@ -5,6 +5,7 @@ gunicorn workers, PostgreSQL.
     python -m bench.cpu_split --ref 1f68318 --op window --rounds 4
     python -m bench.cpu_split --clients 1 --op list
     python -m bench.cpu_split --op append --raw                 # single appends, and the same store calls raw
+    python -m bench.cpu_split --compare-env GUNICORN_THREADS=2  # this tree twice, the second with that setting
 
 At 8 clients the two cores of this machine are full, and throughput is set by the
 CPU each request costs in all: the `http.client` client processes of bench/driver.py,
@@ -82,9 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=1000, help="messages in the context read (default 1000)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--ref", help="also run this git ref's service, alternating with the current tree")
+    parser.add_argument("--compare-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="also run a second service (--ref's code, else the current tree's) with this "
+                             "environment; repeatable")
     parser.add_argument("--raw", action="store_true", help="also run the raw mode (bench/raw.py) on the current "
                         "tree's database, alternating with the services")
     args = parser.parse_args(argv)
+    for item in args.compare_env:
+        if "=" not in item:
+            parser.error(f"expected NAME=VALUE, not {item!r}")
     home = Path(tempfile.mkdtemp(prefix="bench-cpu-split-"))
     service_args = argparse.Namespace(workers=args.workers, threads=None, log_level="info", service_env=[])
     embedded, url = services.start_embedded(home / "pg")
@@ -100,11 +107,17 @@ def main(argv: list[str] | None = None) -> int:
             folder.mkdir()
             export_tree(resolve_ref(args.ref), folder)
             trees.append((args.ref, folder))
+        elif args.compare_env:
+            trees.append(("current", REPO))
         for index, (name, code) in enumerate(trees):
+            if index == 1 and args.compare_env:
+                name = f"{name} {' '.join(args.compare_env)}"
             service = services.Service(name=name, code_dir=code,
                                        database_url=services.create_database(url, f"cpu_split_{index}"),
                                        home=home / f"service{index}", log_path=home / f"service{index}.log")
-            service.start(service_args, require_own_code=code != REPO)
+            extra = args.compare_env if index == 1 else []
+            service.start(argparse.Namespace(**{**vars(service_args), "service_env": extra}),
+                          require_own_code=code != REPO)
             assert service.api is not None
             started.append((service, _contexts(service.api, args)))
         # Raw clients run the store on the current tree's database (its contexts).
