@@ -45,7 +45,7 @@ from bench.common import OUT_DIR, REPO, RESULTS_MD, interrupt, log, uninterrupte
 
 # bench/RESULTS.md from this line on holds other suites' figures; --write-results keeps it.
 OTHER_SUITES = "<!-- other suites -->"
-from bench.driver import HTTP_CLIENTS, KEY_PREFIX, Clients
+from bench.driver import DEFAULT_HTTP_CLIENT, HTTP_CLIENTS, KEY_PREFIX, Clients
 
 REF_DATABASE = "context_store_bench_ref"
 AUTH_DATABASE = "context_store_bench_auth"
@@ -69,9 +69,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds per cell, at most (default 3; --quick 0.5)")
     parser.add_argument("--max-requests", type=int, default=None,
                         help="requests per cell across all clients, at most (default 20000; --quick 2000)")
-    parser.add_argument("--http-client", choices=sorted(HTTP_CLIENTS), default="http.client",
-                        help="the HTTP clients' library: http.client (default, as in every table before "
-                             "2026-11-27 10:00) or curl (pycurl: about half the client CPU per request)")
+    parser.add_argument("--http-client", choices=sorted(HTTP_CLIENTS), default=DEFAULT_HTTP_CLIENT,
+                        help="the HTTP clients' library: curl (libcurl through pycurl, the default since "
+                             "2026-11-27 12:00) or http.client (every table before then; about twice the "
+                             "client CPU per request)")
     parser.add_argument("--clients", type=_int_list, default=[1, 8],
                         help="concurrency levels (default 1,8)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (WEB_CONCURRENCY, default 2)")

@@ -8,7 +8,8 @@ gunicorn workers, PostgreSQL.
     python -m bench.cpu_split --compare-env GUNICORN_THREADS=2  # this tree twice, the second with that setting
 
 At 8 clients the two cores of this machine are full, and throughput is set by the
-CPU each request costs in all: the `http.client` client processes of bench/driver.py,
+CPU each request costs in all: the client processes of bench/driver.py (libcurl, or
+`http.client` with `--http-client http.client`),
 the service's workers, the embedded PostgreSQL. This starts the embedded server, the
 service (2 workers; and with `--ref REF` a second service running a git ref, exported
 as compare mode does), loads one context of `--size` messages into each, and runs
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cpu_split", description=__doc__.split("\n")[0])
     parser.add_argument("--op", default="get", choices=sorted(OPS))
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--http-client", choices=sorted(driver.HTTP_CLIENTS), default="http.client",
+    parser.add_argument("--http-client", choices=sorted(driver.HTTP_CLIENTS), default=driver.DEFAULT_HTTP_CLIENT,
                         help="the load generator's HTTP library (bench/driver.py)")
     parser.add_argument("--seconds", type=float, default=6.0, help="per cell (default 6)")
     parser.add_argument("--rounds", type=int, default=3, help="cells per service (default 3)")
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"round {round_ + 1} {cell}: " + ", ".join(f"{k} {v:.0f}" if k != "cores busy"
                                                                       else f"{k} {v:.2f}" for k, v in row.items()))
         print(f"# bench.cpu_split {time.strftime('%Y-%m-%d %H:%M')} UTC: {args.op} of a context of {args.size} "
-              f"messages, {args.clients} clients, {args.rounds} rounds of {args.seconds:g} s, load average "
+              f"messages, {args.clients} {args.http_client} clients, {args.rounds} rounds of {args.seconds:g} s, load average "
               f"{load_at_start:.2f} at start; medians of the rounds, CPU in µs per request")
         print("| service | req/s | clients | workers | of which system | postgres | all | cores busy |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -152,6 +152,12 @@ class CurlClient:
 
 
 HTTP_CLIENTS = {"http.client": HttpClient, "curl": CurlClient}
+# The load generator of bench.run, bench.profile and bench.cpu_split unless told
+# otherwise (--http-client). libcurl since 2026-11-27 12:00: at 8 clients on two
+# cores, http.client's clients spent 400 µs of CPU per single append against
+# libcurl's 174 (bench.cpu_split --op append), and that CPU, taken from the same
+# cores, was counted against the service in every svc/raw and compare ratio.
+DEFAULT_HTTP_CLIENT = "curl"
 
 
 def http_operation(spec: dict[str, Any], client: HttpClient, rng: random.Random):

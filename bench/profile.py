@@ -8,8 +8,8 @@ It starts an embedded PostgreSQL and the service exactly as bench/services.py do
 (`python -m service serve`, 2 workers), loads one context of 10,000 messages through
 the API (bench/load.py), and then per operation:
 
-1. **HTTP** (`--sampler py-spy`): one client, one keep-alive `http.client` connection
-   (libcurl's with `--http-client curl`)
+1. **HTTP** (`--sampler py-spy`): one client, one keep-alive libcurl connection
+   (`http.client`'s with `--http-client http.client`)
    to 127.0.0.1, for `--seconds`, while `py-spy record --rate 1000 --format raw
    --nonblocking` samples every gunicorn worker (after 1 s of warm-up load). py-spy
    leaves out most samples of threads it sees blocked in a system call; those it
@@ -63,7 +63,7 @@ from typing import Any, Callable
 from uuid import UUID
 
 from bench import load, raw as rawmod, services
-from bench.driver import HTTP_CLIENTS
+from bench.driver import DEFAULT_HTTP_CLIENT, HTTP_CLIENTS
 from bench.common import HOST, OUT_DIR, REPO, log
 
 SIZE = 10_000
@@ -112,9 +112,9 @@ def timed_loop(call: Callable[[], Any], seconds: float, warmup: int = 50) -> lis
             return out
 
 
-# The HTTP client of every HTTP measurement here (--http-client): http.client, or
-# libcurl through bench/driver.py's CurlClient (about half the client's CPU).
-HTTP_CLIENT = "http.client"
+# The HTTP client of every HTTP measurement here (--http-client): libcurl through
+# bench/driver.py's CurlClient (the default), or http.client (about twice the CPU).
+HTTP_CLIENT = DEFAULT_HTTP_CLIENT
 
 
 def http_load(port: int, op: str, cid: str, seconds: float, seed: int = 1) -> list[float]:
@@ -487,8 +487,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compare-env", action="append", default=[], metavar="NAME=VALUE",
                         help="paired A/B: more environment for B only (B is this tree unless --compare-dir)")
     parser.add_argument("--rounds", type=int, default=6, help="paired rounds per operation (A/B)")
-    parser.add_argument("--http-client", choices=sorted(HTTP_CLIENTS), default="http.client",
-                        help="the client of the HTTP measurements: http.client (default) or libcurl (pycurl)")
+    parser.add_argument("--http-client", choices=sorted(HTTP_CLIENTS), default=DEFAULT_HTTP_CLIENT,
+                        help="the client of the HTTP measurements: curl (libcurl through pycurl, the default) "
+                             "or http.client")
     parser.add_argument("--own-rounds", type=int, default=1,
                         help="rounds of the HTTP / in-process / raw p50s per operation (medians reported)")
     parser.add_argument("--output", type=Path, help="also write the report to this file")

@@ -13,6 +13,9 @@ from pathlib import Path
 from bench.cells import PLAIN_APPEND, Result, Run
 from bench.common import fmt_n
 
+# --http-client's names as a table's header says them.
+HTTP_LIBRARIES = {"curl": "libcurl", "http.client": "`http.client`"}
+
 
 def machine() -> dict[str, str]:
     import psutil
@@ -210,7 +213,8 @@ def render_markdown(run: Run) -> str:
         + (", window on 1,000,000" if run.args.full else ""),
         f"- load: {'; '.join(run.load_rate)}",
         "",
-        "svc = through HTTP (gunicorn, keep-alive connections to 127.0.0.1); raw = the same SQL statements "
+        f"svc = through HTTP ({HTTP_LIBRARIES.get(run.args.http_client, run.args.http_client)} clients, "
+        "gunicorn, keep-alive connections to 127.0.0.1); raw = the same SQL statements "
         "through psycopg, one connection per client process. msg/s counts messages written (appends) or "
         "returned (reads). svc/raw compares requests/s.",
         "",
