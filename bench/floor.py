@@ -37,6 +37,7 @@ from pathlib import Path
 import psutil
 
 from bench.common import HOST, log
+from bench.driver import HTTP_CLIENTS
 from bench.services import free_port
 
 APPS = '''
@@ -73,7 +74,7 @@ WORKERS = ("service.workers.DeadlineWorker", "floor_apps.GunicornParsing", "gthr
 TARGETS = {"wsgi": "floor_apps:wsgi", "falcon": "floor_apps:falcon_app"}
 
 
-def measure(worker: str, app: str, folder: Path, seconds: float) -> dict[str, float]:
+def measure(worker: str, app: str, folder: Path, seconds: float, client: str = "http.client") -> dict[str, float]:
     port = free_port()
     command = [sys.executable, "-m", "gunicorn", "-k", worker, "-w", "1", "--threads", "4",
                "-b", f"{HOST}:{port}", "--chdir", str(folder), "--log-level", "warning", TARGETS[app]]
@@ -93,19 +94,31 @@ def measure(worker: str, app: str, folder: Path, seconds: float) -> dict[str, fl
                     raise
                 time.sleep(0.1)
         (child,) = psutil.Process(server.pid).children()
+        conn.close()
+        conn = None
+        if client == "http.client":
+            # A bare connection: the floor tables before --http-client sent no other header.
+            conn = http.client.HTTPConnection(HOST, port, timeout=10)
+
+            def call() -> int:
+                assert conn is not None
+                conn.request("GET", PATH)
+                response = conn.getresponse()
+                response.read()
+                return response.status
+        else:
+            conn = HTTP_CLIENTS[client](port)
+
+            def call() -> int:
+                assert conn is not None
+                return conn.call("GET", PATH)[0]
 
         def one() -> None:
-            nonlocal conn
             if not keep_alive:
-                conn = http.client.HTTPConnection(HOST, port, timeout=10)
-            assert conn is not None
-            conn.request("GET", PATH)
-            response = conn.getresponse()
-            response.read()
-            if response.status != 200:
-                raise RuntimeError(f"{worker} {app}: {response.status}")
-            if not keep_alive:
-                conn.close()
+                conn.close()  # a new connection per request; the next call opens it
+            status = call()
+            if status != 200:
+                raise RuntimeError(f"{worker} {app}: {status}")
 
         for _ in range(300):
             one()
@@ -137,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="per cell and round (default 4)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; cells alternate within each (default 3)")
+    parser.add_argument("--http-client", choices=sorted(HTTP_CLIENTS), default="http.client",
+                        help="the client: http.client (default, as in the floor's tables) or curl (libcurl)")
     args = parser.parse_args(argv)
     cells = [(worker, app) for worker in WORKERS for app in TARGETS]
     results: dict[tuple[str, str], list[dict[str, float]]] = {cell: [] for cell in cells}
@@ -146,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(args.rounds):
             for worker, app in cells if round_ % 2 == 0 else cells[::-1]:
                 log(f"round {round_ + 1}: {worker} {app}")
-                results[worker, app].append(measure(worker, app, Path(folder), args.seconds))
+                results[worker, app].append(measure(worker, app, Path(folder), args.seconds, args.http_client))
     print(f"# bench.floor {time.strftime('%Y-%m-%d %H:%M')} UTC: {args.rounds} rounds of {args.seconds:g} s, "
-          f"one http.client client, load average {load:.2f} at start; medians of the rounds")
+          f"one {args.http_client} client, load average {load:.2f} at start; medians of the rounds")
     print("| worker | app | p50 µs | p90 µs | worker user µs/req | worker system µs/req | client µs/req |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for worker, app in cells:
