@@ -48,7 +48,9 @@ def database_facts(url: str, largest: str, largest_size: int, chain: dict[int, s
                 for title, call, args in calls:
                     with raw.captured() as seen:  # what the store runs for this read
                         call(store, *args)
-                    cases.extend((title, run) for run in seen)
+                    # A call that ran more than one statement (the root's lookup on a
+                    # cold cache, then the read) names each in its heading.
+                    cases.extend((title if len(seen) == 1 else f"{title}: {run[0].name}", run) for run in seen)
             finally:
                 store.close()
             for title, (statement, params) in cases:
