@@ -155,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"round {round_ + 1} {cell}: " + ", ".join(f"{k} {v:.0f}" if k != "cores busy"
                                                                       else f"{k} {v:.2f}" for k, v in row.items()))
         print(f"# bench.cpu_split {time.strftime('%Y-%m-%d %H:%M')} UTC: {args.op} of a context of {args.size} "
-              f"messages, {args.clients} {args.http_client} clients, {args.rounds} rounds of {args.seconds:g} s, load average "
-              f"{load_at_start:.2f} at start; medians of the rounds, CPU in µs per request")
+              f"messages, {args.clients} {args.http_client} clients, {args.rounds} rounds of {args.seconds:g} s, "
+              f"load average {load_at_start:.2f} at start; medians of the rounds, CPU in µs per request")
         print("| service | req/s | clients | workers | of which system | postgres | all | cores busy |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for name in rows:

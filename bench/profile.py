@@ -112,15 +112,11 @@ def timed_loop(call: Callable[[], Any], seconds: float, warmup: int = 50) -> lis
             return out
 
 
-# The HTTP client of every HTTP measurement here (--http-client): libcurl through
-# bench/driver.py's CurlClient (the default), or http.client (about twice the CPU).
-HTTP_CLIENT = DEFAULT_HTTP_CLIENT
-
-
-def http_load(port: int, op: str, cid: str, seconds: float, seed: int = 1) -> list[float]:
-    """One keep-alive client for `seconds`; latencies in µs."""
+def http_load(port: int, op: str, cid: str, seconds: float, seed: int = 1, *, client_kind: str) -> list[float]:
+    """One keep-alive client of --http-client's kind (bench/driver.py HTTP_CLIENTS)
+    for `seconds`; latencies in µs."""
     rng = random.Random(seed)
-    client = HTTP_CLIENTS[HTTP_CLIENT](port)
+    client = HTTP_CLIENTS[client_kind](port)
     client.headers = {"Accept": "application/json"}
     client.open()
 
@@ -288,11 +284,12 @@ def worker_pids(master_pid: int) -> list[int]:
     return [child.pid for child in psutil.Process(master_pid).children(recursive=False)]
 
 
-def profile_http(svc: services.Service, op: str, cid: str, seconds: float, stamp: str,
+def profile_http(svc: services.Service, op: str, cid: str, seconds: float, stamp: str, client_kind: str,
                  native: bool = False) -> tuple[str, float]:
     """py-spy on every worker while one client runs `op`; (report text, HTTP p50 µs).
     native: C frames too (py-spy then stops the process for each sample)."""
-    http_load(svc.port, op, cid, 1.0, seed=99)  # every thread and pooled connection warm before sampling
+    # Every thread and pooled connection warm before sampling.
+    http_load(svc.port, op, cid, 1.0, seed=99, client_kind=client_kind)
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     assert svc.proc is not None
     spies = []
@@ -308,7 +305,7 @@ def profile_http(svc: services.Service, op: str, cid: str, seconds: float, stamp
         ))
     try:
         time.sleep(1.0)  # py-spy attaches
-        latencies = http_load(svc.port, op, cid, seconds)
+        latencies = http_load(svc.port, op, cid, seconds, client_kind=client_kind)
     finally:
         for proc in spies:
             try:
@@ -510,9 +507,7 @@ def service_args(args: argparse.Namespace, extra: list[str] = ()) -> SimpleNames
 
 
 def main(argv: list[str] | None = None) -> int:
-    global HTTP_CLIENT
     args = parse_args(argv)
-    HTTP_CLIENT = args.http_client
     ops = OPS if args.op == "all" else (args.op,)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     OUT_DIR.mkdir(parents=True, exist_ok=True)
@@ -551,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
                 for round_ in range(args.own_rounds):
                     for op in ops:
                         log(f"p50 of HTTP, in-process and raw: {op} (round {round_ + 1} of {args.own_rounds})")
-                        over_http = p50(http_load(svc.port, op, cid, args.seconds, seed=5 + round_))
+                        over_http = p50(http_load(svc.port, op, cid, args.seconds, seed=5 + round_,
+                                                   client_kind=args.http_client))
                         report.append(f"summary-http {op} {over_http:.0f}")
                         calls = timed_loop(app.caller(op, cid, random.Random(6 + round_)), args.seconds)
                         report.append(f"summary-inprocess {op} {p50(calls):.0f}")
@@ -559,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.sampler == "py-spy":
                     for op in ops:
                         log(f"HTTP + py-spy: {op}")
-                        report.append(profile_http(svc, op, cid, args.seconds, stamp, args.native)[0])
+                        report.append(profile_http(svc, op, cid, args.seconds, stamp, args.http_client, args.native)[0])
                         report.append("")
                 report.append(f"building a WSGI environ (falcon.testing, part of every in-process call): "
                               f"p50 {environ_cost(1.0):.1f} µs")
@@ -643,7 +639,7 @@ def compare(a: services.Service, a_cid: str, b: services.Service, b_cid: str, op
             cpu = {}
             for svc, cid in order:
                 before = worker_cpu(svc)
-                latencies = http_load(svc.port, op, cid, args.seconds, seed=index)
+                latencies = http_load(svc.port, op, cid, args.seconds, seed=index, client_kind=args.http_client)
                 after = worker_cpu(svc)
                 cpu[svc.name] = (after[0] - before[0] + after[1] - before[1]) * 1e6 / len(latencies)
                 system_share[svc.name].append((after[1] - before[1]) / max(1e-9, sum(after) - sum(before)))
