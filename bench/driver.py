@@ -261,7 +261,7 @@ def _measure(operation, max_requests: int, duration: float) -> dict[str, Any]:
     }
 
 
-def client_main(pipe, database_url: str, http_client_kind: str = "http.client") -> None:
+def client_main(pipe, database_url: str, http_client_kind: str) -> None:
     """Entry point of one client process."""
     import os
     import sys
@@ -323,7 +323,7 @@ class CellFailed(RuntimeError):
 class Clients:
     """The load-driving processes, started once and reused by every cell."""
 
-    def __init__(self, count: int, database_url: str, http_client: str = "http.client") -> None:
+    def __init__(self, count: int, database_url: str, http_client: str = DEFAULT_HTTP_CLIENT) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.pipes = []
         self.procs = []

@@ -95,28 +95,14 @@ def measure(worker: str, app: str, folder: Path, seconds: float, client: str = "
                 time.sleep(0.1)
         (child,) = psutil.Process(server.pid).children()
         conn.close()
-        conn = None
+        conn = HTTP_CLIENTS[client](port)
         if client == "http.client":
-            # A bare connection: the floor tables before --http-client sent no other header.
-            conn = http.client.HTTPConnection(HOST, port, timeout=10)
-
-            def call() -> int:
-                assert conn is not None
-                conn.request("GET", PATH)
-                response = conn.getresponse()
-                response.read()
-                return response.status
-        else:
-            conn = HTTP_CLIENTS[client](port)
-
-            def call() -> int:
-                assert conn is not None
-                return conn.call("GET", PATH)[0]
+            conn.headers = {}  # as the floor's tables before --http-client: no header of its own
 
         def one() -> None:
             if not keep_alive:
                 conn.close()  # a new connection per request; the next call opens it
-            status = call()
+            status = conn.call("GET", PATH)[0]
             if status != 200:
                 raise RuntimeError(f"{worker} {app}: {status}")
 

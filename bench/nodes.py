@@ -625,7 +625,9 @@ def main(argv: list[str] | None = None) -> int:
         health = nodes[0].health
         log(f"nodes on ports {args.node_ports}, version {health.get('version')}; {args.size:,} messages loaded")
         log(f"starting {max(args.clients)} client processes")
-        clients = Clients(max(args.clients), direct_url)
+        # http.client, as in this suite's published tables (bench/RESULTS.md), which
+        # compare one node with two, both measured with the same client.
+        clients = Clients(max(args.clients), direct_url, "http.client")
         assert embedded._server is not None
         postmaster = embedded._server.get_postmaster_info().pid
         loadgen_pids = [os.getpid(), *(proc.pid for proc in clients.procs)]
